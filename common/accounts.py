@@ -1,0 +1,50 @@
+"""Reading accounts under their row lock, and turning a row into the policy's snapshot."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from common.policy import AccountSnapshot
+
+# Rows are locked in id order so that two transactions touching the same accounts can never
+# wait on each other in a cycle.
+LOCK_ACCOUNTS = """
+SELECT a.id, a.currency, a.balance, a.status, a.auto_recharge_enabled, a.balance_amount,
+       a.recharge_amount, a.recharge_mode, a.max_recharge_amount, a.retry_tier,
+       a.last_failure_at, a.payment_method, a.gateway_customer_id,
+       EXISTS (SELECT 1 FROM recharge_runs r
+               WHERE r.account_id = a.id AND r.kind = 'auto' AND r.state = 'pending')
+           AS auto_run_in_flight,
+       now() AS db_now
+FROM accounts a
+WHERE a.id = ANY($1::text[])
+ORDER BY a.id
+FOR UPDATE OF a
+"""
+
+
+async def lock_accounts(
+    conn: asyncpg.Connection[Any], account_ids: Sequence[str]
+) -> dict[str, asyncpg.Record]:
+    rows = await conn.fetch(LOCK_ACCOUNTS, sorted(set(account_ids)))
+    return {row["id"]: row for row in rows}
+
+
+async def lock_account(conn: asyncpg.Connection[Any], account_id: str) -> asyncpg.Record | None:
+    return (await lock_accounts(conn, [account_id])).get(account_id)
+
+
+def snapshot(row: Any, *, balance: Any = None) -> AccountSnapshot:
+    return AccountSnapshot(
+        balance=row["balance"] if balance is None else balance,
+        status=row["status"],
+        auto_recharge_enabled=row["auto_recharge_enabled"],
+        balance_amount=row["balance_amount"],
+        recharge_amount=row["recharge_amount"],
+        retry_tier=row["retry_tier"],
+        last_failure_at=row["last_failure_at"],
+        auto_run_in_flight=row["auto_run_in_flight"],
+    )

@@ -1,0 +1,96 @@
+"""The balance worker's service: turn decoded usage submissions into committed debits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from common.db.engine import raw_connection
+from common.debits import DebitResult, Incoming, apply_usage, reject
+from common.pg import INPUT_ERRORS, retry_conflicts
+from common.recharge_start import PolicyConfig
+from common.usage import Rejection
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class Submission:
+    """What one usage message asks for: its valid events and its rejections."""
+
+    message_id: str | None
+    items: list[Incoming] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return len(self.items) + len(self.rejections)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    applied: int
+    duplicates: int
+    rejected: list[str]  # the reasons, one per rejected event
+    runs_started: dict[str, int]
+
+
+async def apply_submissions(
+    engine: AsyncEngine, config: PolicyConfig, subs: Sequence[Submission]
+) -> list[Outcome]:
+    """Apply every submission in one transaction; isolate input the database refuses."""
+    items = [i for s in subs for i in s.items]
+    rejections = [r for s in subs for r in s.rejections]
+    try:
+        result = await _apply(engine, config, items, rejections)
+    except INPUT_ERRORS as exc:
+        log.warning("usage.group_refused", error=str(exc), events=len(items))
+        result = await _apply_one_by_one(engine, config, items, rejections)
+    return [_outcome(s, result) for s in subs]
+
+
+async def _apply(
+    engine: AsyncEngine,
+    config: PolicyConfig,
+    items: Sequence[Incoming],
+    rejections: Sequence[Rejection],
+) -> DebitResult:
+    async def attempt() -> DebitResult:
+        async with raw_connection(engine) as conn:
+            return await apply_usage(conn, items, rejections, config)
+
+    return await retry_conflicts(attempt)
+
+
+async def _apply_one_by_one(
+    engine: AsyncEngine,
+    config: PolicyConfig,
+    items: Sequence[Incoming],
+    rejections: Sequence[Rejection],
+) -> DebitResult:
+    """Each event in its own transaction: one poisonous event cannot hold back the others."""
+    total = await _apply(engine, config, [], rejections)
+    for item in items:
+        try:
+            one = await _apply(engine, config, [item], [])
+        except INPUT_ERRORS as exc:
+            one = await _apply(engine, config, [], [reject(item, f"database refused: {exc}")])
+        total.applied |= one.applied
+        total.duplicates |= one.duplicates
+        total.rejections += one.rejections
+        total.runs_started.update(one.runs_started)
+    return total
+
+
+def _outcome(sub: Submission, result: DebitResult) -> Outcome:
+    ids = {i.event.event_id for i in sub.items}
+    accounts = {i.event.account_id for i in sub.items}
+    return Outcome(
+        applied=len(ids & result.applied),
+        duplicates=len(ids & result.duplicates),
+        rejected=[r.reason for r in result.rejections if r.message_id == sub.message_id],
+        runs_started={a: r for a, r in result.runs_started.items() if a in accounts},
+    )

@@ -1,0 +1,1 @@
+"""`contacto-billing`: one module per command group, each exposing `register(subparsers)`."""

@@ -1,0 +1,1 @@
+"""Database access: engine creation, schema migrations, the raw-connection helper."""

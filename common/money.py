@@ -1,0 +1,93 @@
+"""Exact money: decimal strings in, `Decimal` out, never a float.
+
+Storage is NUMERIC(20,6): at most 14 integer digits and 6 decimal places. Amounts must be
+strictly positive; a sign is never accepted, the kind of ledger row carries the direction.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Final
+
+MAX_DECIMALS: Final = 6
+MAX_INTEGER_DIGITS: Final = 14
+_AMOUNT_RE: Final = re.compile(r"(?P<int>[0-9]+)(?:\.(?P<frac>[0-9]+))?", re.ASCII)
+
+# ISO 4217 minor units for the currencies a telephony platform actually bills in; any other
+# well-formed code falls back to 2, like Stripe does.
+_MINOR_UNITS: Final = {
+    "BHD": 3, "BIF": 0, "CLP": 0, "DJF": 0, "GNF": 0, "IQD": 3, "ISK": 0, "JOD": 3, "JPY": 0,
+    "KMF": 0, "KRW": 0, "KWD": 3, "LYD": 3, "OMR": 3, "PYG": 0, "RWF": 0, "TND": 3, "UGX": 0,
+    "VND": 0, "VUV": 0, "XAF": 0, "XOF": 0, "XPF": 0,
+}  # fmt: skip
+_CURRENCY_RE: Final = re.compile(r"[A-Z]{3}", re.ASCII)
+
+
+class MoneyError(ValueError):
+    """An amount or currency that can never become valid: the message says why."""
+
+
+def parse_amount(value: object, *, field: str = "amount") -> Decimal:
+    """Parse a positive decimal string with at most 6 decimal places.
+
+    Refused, each with its own reason: non-strings (JSON numbers included: a float has already
+    lost exactness), empty text, signs, exponents, NaN/Infinity, non-ASCII digits, white space,
+    zero, too many decimals, too many integer digits.
+    """
+    if isinstance(value, bool) or not isinstance(value, str):
+        kind = "a number" if isinstance(value, int | float) else type(value).__name__
+        raise MoneyError(f"{field} must be a decimal string, got {kind}")
+    if value == "":
+        raise MoneyError(f"{field} is empty")
+    lowered = value.strip().lower()
+    if lowered.lstrip("+-") in {"nan", "snan", "inf", "infinity"}:
+        raise MoneyError(f"{field} must be a finite number, got {value!r}")
+    if value.startswith("-"):
+        raise MoneyError(f"{field} must be positive, got {value!r}")
+    match = _AMOUNT_RE.fullmatch(value)
+    if match is None:
+        raise MoneyError(f"{field} must look like 12.345678 (digits, optional point), got {value!r}")
+    frac = match["frac"] or ""
+    if len(frac) > MAX_DECIMALS:
+        raise MoneyError(f"{field} has more than {MAX_DECIMALS} decimal places: {value!r}")
+    if len(match["int"].lstrip("0")) > MAX_INTEGER_DIGITS:
+        raise MoneyError(f"{field} is too large (more than {MAX_INTEGER_DIGITS} integer digits)")
+    amount = Decimal(value)
+    if amount == 0:
+        raise MoneyError(f"{field} must be greater than zero")
+    return amount
+
+
+def parse_currency(value: object) -> str:
+    if not isinstance(value, str) or _CURRENCY_RE.fullmatch(value) is None:
+        raise MoneyError(f"currency must be a 3-letter ISO 4217 code in capitals, got {value!r}")
+    return value
+
+
+def minor_units(currency: str) -> int:
+    return _MINOR_UNITS.get(currency, 2)
+
+
+def check_fits_minor_unit(amount: Decimal, currency: str, *, field: str = "amount") -> None:
+    """A card charge must be a whole number of the currency's smallest unit (cents, yen)."""
+    units = minor_units(currency)
+    if amount != amount.quantize(Decimal(1).scaleb(-units)):
+        raise MoneyError(
+            f"{field} {amount} {currency} does not fit the currency's minor unit "
+            f"({units} decimal places)"
+        )
+
+
+def to_minor_units(amount: Decimal, currency: str) -> int:
+    check_fits_minor_unit(amount, currency)
+    return int(amount.scaleb(minor_units(currency)))
+
+
+def format_amount(amount: Decimal) -> str:
+    """Canonical text: no exponent, trailing zeros beyond the currency-agnostic 2 dropped."""
+    text = format(amount.normalize(), "f")
+    if "." not in text:
+        return text + ".00"
+    whole, frac = text.split(".")
+    return f"{whole}.{frac.ljust(2, '0')}"

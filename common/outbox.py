@@ -1,0 +1,47 @@
+"""The transactional outbox: what a transaction must send is written in that transaction.
+
+Rows are published by the relay (workers/relay.py) after commit. `pg_notify` is delivered
+only when the transaction commits, which wakes the relay at once; its poll catches anything a
+lost notification or a crashed relay left unsent.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from common.names import ACTOR_QUEUES, DEST_QUEUE, DEST_STREAM, OUTBOX_CHANNEL
+
+_INSERT = """
+INSERT INTO outbox (destination, target, actor_name, payload, deliver_at)
+VALUES ($1, $2, $3, $4, coalesce($5, now()))
+RETURNING id
+"""
+
+
+async def enqueue_message(
+    conn: asyncpg.Connection[Any],
+    actor_name: str,
+    kwargs: dict[str, Any],
+    *,
+    deliver_at: datetime | None = None,
+) -> int:
+    """Ask for a dramatiq message to `actor_name` (its queue is looked up in common.names)."""
+    queue = ACTOR_QUEUES[actor_name]
+    outbox_id: int = await conn.fetchval(
+        _INSERT, DEST_QUEUE, queue, actor_name, json.dumps(kwargs), deliver_at
+    )
+    await conn.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
+    return outbox_id
+
+
+async def emit_event(conn: asyncpg.Connection[Any], event_type: str, data: dict[str, Any]) -> int:
+    """Ask for a domain event on the Redis Stream (`recharge.succeeded`, `account.suspended`…)."""
+    outbox_id: int = await conn.fetchval(
+        _INSERT, DEST_STREAM, event_type, None, json.dumps(data, default=str), None
+    )
+    await conn.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
+    return outbox_id

@@ -1,0 +1,183 @@
+"""Recharge policy: pure functions that return a decision value. No I/O, no clock reads.
+
+The rules (billing FAQ, DESIGN.md), with T = Balance Amount and R = Recharge Amount:
+
+    tier 0  fires when balance <  T            a failure arms tier 1
+    tier 1  fires when balance <= 0.75 T       a failure arms tier 2
+    tier 2  fires when balance <= 0.50 T       a failure arms tier 3
+    tier 3  fires when balance <= 0.25 T       a failure arms tier 4
+    tier 4  fires when balance <= 0            a failure suspends if balance <= 0
+
+Tiers 1..4 also wait `retry_min_interval` after the last failure. Each tier is one attempt:
+a big spend that crosses several levels at once walks the ladder one attempt per interval,
+never several attempts at once. Any successful charge resets the tier to 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Final, Literal
+
+MAX_TIER: Final = 4
+TIER_FRACTIONS: Final = {
+    0: Decimal(1),
+    1: Decimal("0.75"),
+    2: Decimal("0.50"),
+    3: Decimal("0.25"),
+    4: Decimal(0),
+}
+
+AccountStatus = Literal["active", "suspended"]
+RechargeMode = Literal["repeat", "single"]
+
+
+@dataclass(frozen=True, slots=True)
+class AccountSnapshot:
+    """What the policy needs to know about an account, read under the account's row lock."""
+
+    balance: Decimal
+    status: AccountStatus
+    auto_recharge_enabled: bool
+    balance_amount: Decimal | None  # T
+    recharge_amount: Decimal | None  # R
+    retry_tier: int
+    last_failure_at: datetime | None
+    auto_run_in_flight: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StartRecharge:
+    tier: int
+    level: Decimal  # the armed level that was crossed (T itself at tier 0)
+
+
+HoldReason = Literal[
+    "disabled", "in_flight", "suspended", "above_threshold", "above_armed_level", "interval"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    reason: HoldReason
+    retry_at: datetime | None = None  # set when only the retry interval stands in the way
+
+
+RechargeDecision = StartRecharge | Hold
+
+
+def armed_level(balance_amount: Decimal, tier: int) -> Decimal:
+    if not 0 <= tier <= MAX_TIER:
+        raise ValueError(f"tier must be 0..{MAX_TIER}, got {tier}")
+    return balance_amount * TIER_FRACTIONS[tier]
+
+
+def decide_recharge(
+    account: AccountSnapshot, *, now: datetime, retry_min_interval: timedelta
+) -> RechargeDecision:
+    """Must an automatic recharge start now?"""
+    if not account.auto_recharge_enabled or account.balance_amount is None:
+        return Hold("disabled")
+    if account.status == "suspended":
+        # Only a new card or a manual recharge brings a suspended account back.
+        return Hold("suspended")
+    if account.auto_run_in_flight:
+        return Hold("in_flight")
+    tier = account.retry_tier
+    level = armed_level(account.balance_amount, tier)
+    if tier == 0:
+        if account.balance < level:
+            return StartRecharge(tier=0, level=level)
+        return Hold("above_threshold")
+    if account.balance > level:
+        return Hold("above_armed_level")
+    if account.last_failure_at is not None:
+        due = account.last_failure_at + retry_min_interval
+        if now < due:
+            return Hold("interval", retry_at=due)
+    return StartRecharge(tier=tier, level=level)
+
+
+@dataclass(frozen=True, slots=True)
+class ArmTier:
+    tier: int
+    level: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Suspend:
+    pass
+
+
+FailureDecision = ArmTier | Suspend
+
+
+def after_failed_attempt(
+    *, tier: int, balance: Decimal, balance_amount: Decimal
+) -> FailureDecision:
+    """What a failed automatic attempt at `tier` leads to."""
+    if tier < MAX_TIER:
+        return ArmTier(tier=tier + 1, level=armed_level(balance_amount, tier + 1))
+    if balance <= 0:
+        return Suspend()
+    # The 0 % attempt failed while money was still there: stay armed at 0.
+    return ArmTier(tier=MAX_TIER, level=Decimal(0))
+
+
+def should_reactivate(status: AccountStatus, balance: Decimal) -> bool:
+    return status == "suspended" and balance > 0
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeAgain:
+    amount: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class RunDone:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class RunCapped:
+    pass
+
+
+RunStep = ChargeAgain | RunDone | RunCapped
+
+
+def next_run_step(
+    *,
+    balance: Decimal,
+    target: Decimal,
+    recharge_amount: Decimal,
+    charges_made: int,
+    max_charges: int,
+    mode: RechargeMode,
+    max_amount: Decimal,
+) -> RunStep:
+    """After each successful charge of a run (and before the first): charge again, or stop.
+
+    `repeat` charges R until balance >= T (balance 10, T 100, R 20: five charges, final 110).
+    `single` charges once: the smallest multiple of R that reaches T, within `max_amount`.
+    """
+    if balance >= target:
+        return RunDone()
+    if charges_made >= max_charges:
+        return RunCapped()
+    if mode == "single":
+        if charges_made >= 1:
+            return RunDone()
+        return ChargeAgain(single_charge_amount(balance, target, recharge_amount, max_amount))
+    return ChargeAgain(recharge_amount)
+
+
+def single_charge_amount(
+    balance: Decimal, target: Decimal, recharge_amount: Decimal, max_amount: Decimal
+) -> Decimal:
+    """Smallest k*R with balance + k*R >= target; the largest multiple within max otherwise."""
+    missing = target - balance
+    multiples = max(1, -(-missing // recharge_amount))  # ceiling division on Decimal
+    affordable = max(1, max_amount // recharge_amount)
+    return recharge_amount * min(multiples, affordable)

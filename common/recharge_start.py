@@ -1,0 +1,74 @@
+"""Starting an automatic recharge run: the run row and its outbox message, in the caller's
+transaction, at most one in flight per account (the partial unique index decides races)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from common.names import ACTOR_RUN_RECHARGE
+from common.outbox import enqueue_message
+from common.policy import StartRecharge
+
+_INSERT_RUN = """
+INSERT INTO recharge_runs
+    (account_id, kind, trigger, tier, target_amount, recharge_amount, mode, max_charges)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (account_id, kind) WHERE state = 'pending' DO NOTHING
+RETURNING id
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    retry_min_interval: timedelta
+    run_max_charges: int
+
+
+async def start_run(
+    conn: asyncpg.Connection[Any],
+    *,
+    account_id: str,
+    kind: str,
+    trigger: str,
+    tier: int,
+    target_amount: Decimal | None,
+    recharge_amount: Decimal,
+    mode: str,
+    max_charges: int,
+) -> int | None:
+    """Insert a pending run and the message that makes the charge worker run it.
+
+    Returns the run id, or None when a run of that kind is already in flight.
+    """
+    run_id: int | None = await conn.fetchval(
+        _INSERT_RUN, account_id, kind, trigger, tier, target_amount, recharge_amount, mode,
+        max_charges,
+    )
+    if run_id is not None:
+        await enqueue_message(conn, ACTOR_RUN_RECHARGE, {"run_id": run_id})
+    return run_id
+
+
+async def start_auto_run(
+    conn: asyncpg.Connection[Any],
+    account: dict[str, Any],
+    decision: StartRecharge,
+    config: PolicyConfig,
+    trigger: str,
+) -> int | None:
+    return await start_run(
+        conn,
+        account_id=account["id"],
+        kind="auto",
+        trigger=trigger,
+        tier=decision.tier,
+        target_amount=account["balance_amount"],
+        recharge_amount=account["recharge_amount"],
+        mode=account["recharge_mode"],
+        max_charges=config.run_max_charges,
+    )

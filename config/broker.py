@@ -1,0 +1,75 @@
+"""The one broker factory. Every process (workers, relay, CLI, tests) builds its broker here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import (
+    AgeLimit,
+    AsyncIO,
+    Callbacks,
+    CurrentMessage,
+    Middleware,
+    Pipelines,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
+
+from config.settings import Settings, get_settings
+
+# A recharge run may wait on a slow gateway several times; anything longer is stuck.
+ACTOR_TIME_LIMIT_MS = 5 * 60 * 1000
+
+
+def build_broker(
+    settings: Settings | None = None,
+    *,
+    extra_middleware: Iterable[Middleware] = (),
+    client: Any = None,
+) -> RedisBroker:
+    """Build a RedisBroker with explicit retry values.
+
+    `client` lets fast unit tests pass a fakeredis client; everything else uses REDIS_URL.
+    """
+    settings = settings or get_settings()
+    middleware: list[Middleware] = [
+        AgeLimit(),
+        TimeLimit(time_limit=ACTOR_TIME_LIMIT_MS),
+        ShutdownNotifications(),
+        Callbacks(),
+        Pipelines(),
+        Retries(
+            max_retries=settings.retries_max,
+            min_backoff=settings.retries_min_backoff_ms,
+            max_backoff=settings.retries_max_backoff_ms,
+        ),
+        # AsyncIO boots the event loop in before_worker_boot; resource middleware placed after
+        # it can therefore create engines on that loop in after_worker_boot.
+        AsyncIO(),
+        CurrentMessage(),
+        *extra_middleware,
+    ]
+    kwargs: dict[str, Any] = {
+        "middleware": middleware,
+        "namespace": settings.broker_namespace,
+        "heartbeat_timeout": settings.broker_heartbeat_timeout_ms,
+        "maintenance_chance": settings.broker_maintenance_chance,
+    }
+    if client is not None:
+        kwargs["client"] = client
+    else:
+        kwargs["url"] = settings.redis_url
+    return RedisBroker(**kwargs)
+
+
+def setup_broker(
+    settings: Settings | None = None, *, extra_middleware: Iterable[Middleware] = ()
+) -> RedisBroker:
+    """Build the broker and make it dramatiq's global one (worker modules call this first)."""
+    broker = build_broker(settings, extra_middleware=extra_middleware)
+    dramatiq.set_broker(broker)
+    return broker

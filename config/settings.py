@@ -1,0 +1,90 @@
+"""Settings read from the environment (the variables of CONTRACT.md, plus operational knobs).
+
+Every variable documented in CONTRACT.md keeps its exact name; the extra knobs are
+prefixed `CONTACTO_` so that they never collide with a platform's own variables.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", populate_by_name=True)
+
+    # --- CONTRACT.md --------------------------------------------------------------------------
+    database_url: str = Field(
+        "postgresql://postgres@127.0.0.1:5432/contacto", validation_alias="DATABASE_URL"
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
+    payment_gateway: Literal["simulated", "stripe"] = Field(
+        "simulated", validation_alias="PAYMENT_GATEWAY"
+    )
+    stripe_api_key: SecretStr | None = Field(None, validation_alias="STRIPE_API_KEY")
+    stripe_api_base: str | None = Field(None, validation_alias="STRIPE_API_BASE")
+    min_recharge_amount: Decimal = Field(Decimal("25"), validation_alias="MIN_RECHARGE_AMOUNT")
+    max_recharge_amount: Decimal = Field(Decimal("10000"), validation_alias="MAX_RECHARGE_AMOUNT")
+    retry_min_interval_s: float = Field(1800.0, validation_alias="RETRY_MIN_INTERVAL_SECONDS")
+    log_format: Literal["json", "console"] = Field("json", validation_alias="LOG_FORMAT")
+
+    # --- operational knobs (CONTACTO_*) --------------------------------------------------------
+    # dramatiq keys live under this namespace; tests use their own to share one Redis.
+    broker_namespace: str = Field("dramatiq", validation_alias="CONTACTO_BROKER_NAMESPACE")
+    events_stream: str = Field("contacto:events", validation_alias="CONTACTO_EVENTS_STREAM")
+    events_stream_maxlen: int = Field(1_000_000, validation_alias="CONTACTO_EVENTS_STREAM_MAXLEN")
+    # dramatiq redelivers a dead worker's unacked messages after this long without heartbeat.
+    broker_heartbeat_timeout_ms: int = Field(
+        60_000, validation_alias="CONTACTO_BROKER_HEARTBEAT_TIMEOUT_MS"
+    )
+    broker_maintenance_chance: int = Field(
+        1000, validation_alias="CONTACTO_BROKER_MAINTENANCE_CHANCE"
+    )
+    retries_max: int = Field(20, validation_alias="CONTACTO_RETRIES_MAX")
+    retries_min_backoff_ms: int = Field(500, validation_alias="CONTACTO_RETRIES_MIN_BACKOFF_MS")
+    retries_max_backoff_ms: int = Field(
+        300_000, validation_alias="CONTACTO_RETRIES_MAX_BACKOFF_MS"
+    )
+    run_max_charges: int = Field(10, validation_alias="CONTACTO_RUN_MAX_CHARGES")
+    db_pool_size: int = Field(5, validation_alias="CONTACTO_DB_POOL_SIZE")
+    # Group commit: how many concurrently delivered usage messages one transaction may take.
+    usage_coalesce_max_events: int = Field(
+        2000, validation_alias="CONTACTO_USAGE_COALESCE_MAX_EVENTS"
+    )
+    relay_poll_interval_s: float = Field(1.0, validation_alias="CONTACTO_RELAY_POLL_INTERVAL_S")
+    relay_batch_size: int = Field(500, validation_alias="CONTACTO_RELAY_BATCH_SIZE")
+    gateway_timeout_s: float = Field(20.0, validation_alias="CONTACTO_GATEWAY_TIMEOUT_S")
+    metrics_port: int | None = Field(None, validation_alias="CONTACTO_METRICS_PORT")
+    # Redis prefix of the simulated gateway's state (idempotency records, injected faults).
+    simulated_gateway_prefix: str = Field(
+        "contacto:simgw", validation_alias="CONTACTO_SIMULATED_PREFIX"
+    )
+
+    @field_validator("min_recharge_amount", "max_recharge_amount", mode="before")
+    @classmethod
+    def _money_is_text(cls, value: object) -> object:
+        # A float here would already be inexact; the environment only ever gives text.
+        if isinstance(value, float):
+            raise ValueError("recharge limits must be decimal strings")
+        return value
+
+    @property
+    def async_database_url(self) -> str:
+        return to_asyncpg_url(self.database_url)
+
+
+def to_asyncpg_url(url: str) -> str:
+    """CONTRACT.md accepts both `postgresql://` and `postgresql+asyncpg://`."""
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    raise ValueError("DATABASE_URL must be a postgresql:// URL")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

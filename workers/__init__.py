@@ -1,0 +1,1 @@
+"""dramatiq worker processes: thin actors over the plain async functions in `common/`."""

@@ -1,0 +1,93 @@
+"""Relay process: publishes what committed transactions wrote to the outbox.
+
+Wakes on the `contacto_outbox` notification (sent at commit) and polls every
+CONTACTO_RELAY_POLL_INTERVAL_S anyway, so rows left by a crash, or notified while the relay
+was down, go out too. Several relays may run: rows are claimed with SKIP LOCKED.
+Run: `python -m workers.relay` (the Procfile's `relay`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from typing import Any
+
+import structlog
+from redis import Redis
+
+from common.db.engine import create_engine, raw_connection
+from common.logging import configure_logging
+from common.names import OUTBOX_CHANNEL
+from common.relay import Publisher, drain_once, prune_sent
+from config.broker import build_broker
+from config.settings import Settings, get_settings
+
+log = structlog.get_logger("workers.relay")
+PRUNE_EVERY_S = 3600.0
+
+
+async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
+    engine = create_engine(settings, pool_size=2)
+    publisher = Publisher(
+        broker=build_broker(settings),
+        redis=Redis.from_url(settings.redis_url),
+        stream=settings.events_stream,
+        stream_maxlen=settings.events_stream_maxlen,
+    )
+    wake = asyncio.Event()
+    last_prune = 0.0
+    try:
+        async with raw_connection(engine) as listener:
+
+            def on_notify(*_args: Any) -> None:
+                wake.set()
+
+            await listener.add_listener(OUTBOX_CHANNEL, on_notify)
+            log.info("relay.started", poll_interval_s=settings.relay_poll_interval_s)
+            while not stop.is_set():
+                wake.clear()
+                try:
+                    published = await drain_once(engine, publisher, settings.relay_batch_size)
+                except Exception:
+                    log.exception("relay.publish_failed")
+                    published = 0
+                    await asyncio.sleep(settings.relay_poll_interval_s)
+                if published >= settings.relay_batch_size:
+                    continue  # more waiting: no sleep
+                if time.monotonic() - last_prune > PRUNE_EVERY_S:
+                    last_prune = time.monotonic()
+                    await prune_sent(engine)
+                await _wait_any(wake, stop, settings.relay_poll_interval_s)
+            await listener.remove_listener(OUTBOX_CHANNEL, on_notify)
+    finally:
+        publisher.redis.close()
+        await engine.dispose()
+        log.info("relay.stopped")
+
+
+async def _wait_any(a: asyncio.Event, b: asyncio.Event, timeout_s: float) -> None:
+    waiters = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+
+
+def main() -> None:
+    settings = get_settings()
+    configure_logging(settings.log_format)
+
+    async def _main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_relay(settings, stop)
+
+    asyncio.run(_main())
+
+
+if __name__ == "__main__":
+    main()
