@@ -177,7 +177,12 @@ def single_charge_amount(
     balance: Decimal, target: Decimal, recharge_amount: Decimal, max_amount: Decimal
 ) -> Decimal:
     """Smallest k*R with balance + k*R >= target; the largest multiple within max otherwise."""
-    missing = target - balance
-    multiples = max(1, -(-missing // recharge_amount))  # ceiling division on Decimal
+    multiples = max(1, ceil_div(target - balance, recharge_amount))
     affordable = max(1, max_amount // recharge_amount)
     return recharge_amount * min(multiples, affordable)
+
+
+def ceil_div(numerator: Decimal, denominator: Decimal) -> int:
+    """Exact ceiling of a quotient of Decimals (Decimal's `//` truncates toward zero)."""
+    quotient, remainder = divmod(numerator, denominator)
+    return int(quotient) + (1 if remainder > 0 else 0)

@@ -85,6 +85,7 @@ async def drain_once(engine: AsyncEngine, publisher: Publisher, batch_size: int)
         rows = await conn.fetch(_CLAIM, batch_size)
         if not rows:
             return 0
+        crash_point("relay.before_publish")
         # The Redis calls are blocking; a thread keeps this loop's LISTEN connection alive.
         await asyncio.to_thread(_publish_all, publisher, rows)
         crash_point("relay.after_publish")

@@ -22,6 +22,7 @@ MAX_KIND_CHARS: Final = 64
 MAX_BATCH_EVENTS: Final = 1000
 # Upstream clocks drift; an event stamped further ahead than this is a bug upstream.
 MAX_FUTURE_SKEW: Final = timedelta(days=1)
+OLDEST_OCCURRED_AT: Final = datetime(2000, 1, 1, tzinfo=UTC)
 REQUIRED_FIELDS: Final = frozenset({"event_id", "account_id", "amount", "currency", "occurred_at"})
 KNOWN_FIELDS: Final = REQUIRED_FIELDS | {"kind"}
 
@@ -47,6 +48,12 @@ class Rejection:
     fingerprint: str = field(init=False)
 
     def __post_init__(self) -> None:
+        # Kept for inspection even when the ids themselves are what is wrong with the event:
+        # PostgreSQL text refuses NUL and lone surrogates, so those are stored escaped.
+        for name in ("event_id", "account_id", "reason"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, storable_text(value))
         digest = hashlib.sha256(
             json.dumps(
                 [self.actor_name, self.message_id, self.reason, self.payload_json()],
@@ -58,6 +65,10 @@ class Rejection:
     def payload_json(self) -> str:
         # ensure_ascii keeps lone surrogates and NULs as escapes PostgreSQL text accepts.
         return json.dumps(self.payload, ensure_ascii=True, sort_keys=True, default=repr)
+
+
+def storable_text(value: str) -> str:
+    return value.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class UsageError(ValueError):
@@ -90,6 +101,8 @@ def _timestamp(value: object, now: datetime) -> datetime:
         raise UsageError(f"occurred_at is not an ISO 8601 timestamp: {value!r}") from None
     if parsed.tzinfo is None:
         raise UsageError("occurred_at has no time zone (add Z or +00:00)")
+    if parsed < OLDEST_OCCURRED_AT:
+        raise UsageError(f"occurred_at is before 2000: {value!r}")
     if parsed > now + MAX_FUTURE_SKEW:
         raise UsageError(f"occurred_at is more than a day in the future: {value!r}")
     return parsed

@@ -48,7 +48,7 @@ def build_broker(
             max_backoff=settings.retries_max_backoff_ms,
         ),
         # AsyncIO boots the event loop in before_worker_boot; resource middleware placed after
-        # it can therefore create engines on that loop in after_worker_boot.
+        # it can therefore create engines on that loop in its own before_worker_boot.
         AsyncIO(),
         CurrentMessage(),
         *extra_middleware,

@@ -1,4 +1,4 @@
-"""Per-process resources (engine, Redis, payment gateway), created after worker boot on the
+"""Per-process resources (engine, Redis, payment gateway), created at worker boot on the
 worker's event loop and disposed on that same loop before it stops.
 
 Nothing connects at import time: `dramatiq workers.balance --processes 2` forks first, and a
@@ -42,7 +42,8 @@ class ResourcesMiddleware(Middleware):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def after_worker_boot(self, broker: Any, worker: Any) -> None:
+    def before_worker_boot(self, broker: Any, worker: Any) -> None:
+        # before, not after: dramatiq starts the worker threads before emitting after_worker_boot.
         global _current
         loop_thread = get_event_loop_thread()
         assert loop_thread is not None, "the AsyncIO middleware must come first"

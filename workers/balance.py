@@ -18,6 +18,7 @@ import structlog
 from dramatiq.middleware import CurrentMessage
 
 from common.balance_service import Outcome, Submission, apply_submissions
+from common.crashpoints import crash_point
 from common.debits import Incoming
 from common.logging import configure_logging
 from common.group_commit import GroupCommitter
@@ -65,6 +66,7 @@ async def _submit(decoded: Decoded, actor_name: str) -> None:
         rejections=decoded.rejections,
     )
     outcome = await _get_committer().submit(sub, size=max(1, sub.size))
+    crash_point("balance.after_commit")  # committed, not yet acknowledged
     log.info(
         "usage.recorded",
         message_id=message_id,

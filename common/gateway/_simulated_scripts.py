@@ -1,0 +1,37 @@
+"""Lua run atomically inside Redis by the simulated gateway: the record-once steps."""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Record-once happens inside Redis: either the key already has a result, or we take the
+# in-progress marker, or someone else holds it (Stripe's 409 idempotency_key_in_use).
+BEGIN: Final = """
+local rec = redis.call('GET', KEYS[1])
+if rec then return {'done', rec} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'acquired', ''} end
+return {'busy', ''}
+"""
+
+# The marker may have expired while we worked (a stalled process): whoever commits first wins
+# and the loser gets the winner's record, so money still moves at most once per key.
+COMMIT: Final = """
+local rec = redis.call('GET', KEYS[1])
+if not rec then
+  rec = ARGV[1]
+  if tonumber(ARGV[5]) > 0 then
+    redis.call('SET', KEYS[1], rec, 'EX', ARGV[5])
+  else
+    redis.call('SET', KEYS[1], rec)
+  end
+  redis.call('RPUSH', KEYS[3], ARGV[2])
+  if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[4], ARGV[4], 1) end
+end
+if redis.call('GET', KEYS[2]) == ARGV[6] then redis.call('DEL', KEYS[2]) end
+return rec
+"""
+
+RELEASE: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""

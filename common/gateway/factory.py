@@ -1,0 +1,26 @@
+"""Pick the payment gateway named by PAYMENT_GATEWAY."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from common.gateway.base import GatewayConfigError, PaymentGateway
+from common.gateway.simulated import SimulatedGateway
+from common.gateway.stripe_gateway import StripeGateway
+from config.settings import Settings
+
+
+def build_gateway(settings: Settings, redis: aioredis.Redis) -> PaymentGateway:
+    """Build the gateway for this process; `redis` is used by the simulated one only.
+
+    Raises GatewayConfigError when PAYMENT_GATEWAY=stripe and STRIPE_API_KEY is missing, so that
+    a worker refuses to start rather than failing on its first charge.
+    """
+    if settings.payment_gateway == "simulated":
+        return SimulatedGateway(redis, prefix=settings.simulated_gateway_prefix)
+    if settings.payment_gateway == "stripe":
+        key = settings.stripe_api_key.get_secret_value() if settings.stripe_api_key else ""
+        if not key:
+            raise GatewayConfigError("PAYMENT_GATEWAY=stripe needs STRIPE_API_KEY to be set")
+        return StripeGateway(key, settings.stripe_api_base, settings.gateway_timeout_s)
+    raise GatewayConfigError(f"unknown PAYMENT_GATEWAY {settings.payment_gateway!r}")

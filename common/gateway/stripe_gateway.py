@@ -1,0 +1,260 @@
+"""Stripe (or a Stripe-compatible server such as localstripe) through the SDK's async methods.
+
+Only `*_async` calls: every async actor of a worker process shares one event loop, and the
+SDK's synchronous client would stall all of them for the length of a request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Final
+
+import stripe
+import structlog
+from stripe.params import PaymentIntentCreateParams
+
+from common.gateway.base import (
+    AttachedCard,
+    CardRejected,
+    ChargeFailed,
+    ChargeRequest,
+    ChargeResult,
+    ChargeSucceeded,
+    GatewayConfigError,
+    GatewayError,
+    TransientGatewayError,
+)
+from common.money import MoneyError, to_minor_units
+
+log = structlog.get_logger(__name__)
+
+_MAX_KEY_LENGTH: Final = 255  # Stripe refuses longer idempotency keys
+_MAX_METADATA_VALUE: Final = 500
+_SECRET: Final = re.compile(r"\b(?:sk|rk|pk)_(?:test|live)_[A-Za-z0-9*]+")
+# Codes that mean "another request holds this object or key right now": the same request,
+# sent again later with the same key, is the right answer.
+_BUSY_CODES: Final = frozenset({"idempotency_key_in_use", "lock_timeout", "rate_limit"})
+
+
+def _safe(message: object) -> str:
+    # Stripe masks keys in its own messages; a proxy or a fake server might not.
+    return _SECRET.sub("[redacted]", str(message or ""))[:500]
+
+
+def _bounded_key(key: str) -> str:
+    if len(key) <= _MAX_KEY_LENGTH:
+        return key
+    # Deterministic, so every retry of the same logical request still sends the same key.
+    return f"{key[:180]}-sha256-{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def _error_code(exc: stripe.StripeError) -> str | None:
+    if exc.code:
+        return exc.code
+    return exc.error.code if exc.error is not None else None
+
+
+def gateway_error(exc: stripe.StripeError) -> GatewayError:
+    """Map an SDK error (other than a card error) to transient or ours (base.py outcome table)."""
+    status, code = exc.http_status, _error_code(exc)
+    detail = f"stripe {type(exc).__name__} (HTTP {status}, code {code}): {_safe(exc.user_message)}"
+    if isinstance(exc, stripe.RateLimitError | stripe.APIConnectionError):
+        # APIConnectionError covers connect errors and timeouts: the request may or may not
+        # have reached Stripe, and only a replay with the same key can tell.
+        return TransientGatewayError(detail)
+    if code in _BUSY_CODES:
+        return TransientGatewayError(detail)
+    if isinstance(exc, stripe.APIError) and (
+        status is None or status < 400 or status >= 500 or status in (408, 409)
+    ):
+        # Stripe sends 409 for idempotency_key_in_use; the SDK maps it to a plain APIError.
+        # Below 400 the body was unreadable: the request may have worked, a replay will say.
+        return TransientGatewayError(detail)
+    # Authentication, permission, invalid request, idempotency_error (same key, other
+    # parameters) and anything unrecognised: retrying cannot help, a person must look.
+    return GatewayConfigError(detail)
+
+
+def _decline(exc: stripe.CardError) -> ChargeFailed:
+    err = exc.error
+    code = _error_code(exc) or "card_declined"
+    if err is not None and err.decline_code and err.decline_code != "generic_decline":
+        # Stripe answers code=card_declined, decline_code=insufficient_funds: keep the reason.
+        code = err.decline_code
+    ref: str | None = None
+    if err is not None:
+        intent = err.payment_intent
+        ref = getattr(intent, "id", None) if intent is not None else err.charge
+    return ChargeFailed(code=code, message=_safe(exc.user_message), gateway_ref=ref)
+
+
+def classify_intent(intent: stripe.PaymentIntent) -> ChargeResult:
+    status = intent.status
+    if status == "succeeded":
+        return ChargeSucceeded(gateway_ref=intent.id)
+    if status == "requires_action":
+        # Real Stripe answers an off-session 3DS card with a CardError; localstripe returns
+        # the intent waiting for the customer instead. Both are the same failed attempt.
+        return ChargeFailed(
+            code="authentication_required",
+            message="The card requires the customer to authenticate.",
+            gateway_ref=intent.id,
+        )
+    if status == "requires_payment_method":
+        # Stripe may omit null keys, and a missing key is an AttributeError: read leniently.
+        err = getattr(intent, "last_payment_error", None)
+        decline_code = getattr(err, "decline_code", None)
+        if decline_code == "generic_decline":
+            decline_code = None
+        return ChargeFailed(
+            code=decline_code or getattr(err, "code", None) or "card_declined",
+            message=_safe(getattr(err, "message", None) or "The payment failed."),
+            gateway_ref=intent.id,
+        )
+    if status == "canceled":
+        return ChargeFailed(
+            code="canceled", message="The payment was canceled.", gateway_ref=intent.id
+        )
+    if status == "processing":
+        # Not settled yet: the same key replays the same intent, whose status we re-read then.
+        raise TransientGatewayError(f"payment {intent.id} is still processing")
+    # requires_confirmation / requires_capture: our request did not ask for what we meant.
+    raise GatewayConfigError(f"unexpected PaymentIntent status {status!r} for {intent.id}")
+
+
+class StripeGateway:
+    name = "stripe"
+
+    def __init__(
+        self,
+        api_key: str,
+        api_base: str | None,
+        timeout_s: float,
+        *,
+        local_server: bool | None = None,
+    ) -> None:
+        """`local_server`: talk to a Stripe-compatible fake (localstripe), which refuses some of
+        Stripe's parameters. By default, true exactly when `api_base` overrides Stripe's address,
+        as STRIPE_API_BASE is documented for a local Stripe-compatible server.
+        """
+        if not api_key:
+            raise GatewayConfigError("STRIPE_API_KEY is not set (PAYMENT_GATEWAY=stripe)")
+        self._local_server = api_base is not None if local_server is None else local_server
+        self._http = stripe.HTTPXClient(timeout=timeout_s)
+        self._client = stripe.StripeClient(
+            api_key,
+            http_client=self._http,
+            base_addresses={"api": api_base} if api_base else None,
+            # Our own retry loop owns retries, always with the same key; SDK retries would only
+            # hide the transient error from it and hold the actor for their backoff.
+            max_network_retries=0,
+        )
+
+    def __repr__(self) -> str:
+        return "StripeGateway()"  # never the key
+
+    @staticmethod
+    def _options(idempotency_key: str | None) -> stripe.RequestOptions:
+        options: stripe.RequestOptions = {"max_network_retries": 0}
+        if idempotency_key is not None:
+            options["idempotency_key"] = _bounded_key(idempotency_key)
+        return options
+
+    async def attach_card(
+        self, *, account_id: str, customer_id: str | None, payment_method: str
+    ) -> AttachedCard:
+        try:
+            if customer_id is None:
+                # A fixed key: a retried or concurrent attach for the account gets the same
+                # customer back instead of a second one (within Stripe's 24 h key lifetime).
+                customer = await self._client.v1.customers.create_async(
+                    params={"metadata": {"account_id": account_id}},
+                    options=self._options(f"account-{account_id}-customer"),
+                )
+                customer_id = customer.id
+            attached = await self._client.v1.payment_methods.attach_async(
+                payment_method,
+                params={"customer": customer_id},
+                options=self._options(
+                    f"account-{account_id}-attach-{payment_method}-{customer_id}"
+                ),
+            )
+            # Setting a field is idempotent by nature: no key, so the newest card always wins.
+            await self._client.v1.customers.update_async(
+                customer_id,
+                params={"invoice_settings": {"default_payment_method": attached.id}},
+                options=self._options(None),
+            )
+        except stripe.CardError as exc:
+            raise CardRejected(
+                _error_code(exc) or "card_declined", _safe(exc.user_message)
+            ) from exc
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status == 404 or _error_code(exc) == "resource_missing":
+                # Nearly always a payment method id mistyped by whoever registers the card.
+                raise CardRejected("resource_missing", _safe(exc.user_message)) from exc
+            raise gateway_error(exc) from exc
+        except stripe.StripeError as exc:
+            raise gateway_error(exc) from exc
+        log.info("gateway.card_attached", account_id=account_id, customer_id=customer_id)
+        return AttachedCard(customer_id=customer_id, payment_method=attached.id)
+
+    async def charge(self, request: ChargeRequest) -> ChargeResult:
+        try:
+            amount = to_minor_units(request.amount, request.currency)
+        except MoneyError as exc:
+            raise GatewayConfigError(f"invalid charge amount: {exc}") from exc
+        if amount <= 0:
+            raise GatewayConfigError(f"invalid charge amount {request.amount}: not positive")
+        metadata = {"account_id": request.account_id, "idempotency_key": request.idempotency_key}
+        if request.description:
+            # localstripe refuses a top-level `description` ("Unexpected description").
+            metadata["description"] = request.description[:_MAX_METADATA_VALUE]
+        params: PaymentIntentCreateParams = {
+            "amount": amount,
+            "currency": request.currency.lower(),
+            "payment_method": request.payment_method,
+            "confirm": True,
+            # Accepted here by localstripe (it refuses it only on a separate /confirm).
+            "off_session": True,
+            "metadata": metadata,
+        }
+        if request.customer_id:
+            params["customer"] = request.customer_id
+        if not self._local_server:
+            # Stripe's API version pinned by SDK 16 refuses `payment_method_types`; dynamic
+            # payment methods would want a return_url on confirm unless redirects are ruled
+            # out. localstripe refuses `automatic_payment_methods` altogether.
+            params["automatic_payment_methods"] = {"enabled": True, "allow_redirects": "never"}
+        try:
+            intent = await self._client.v1.payment_intents.create_async(
+                params=params, options=self._options(request.idempotency_key)
+            )
+            if intent.status == "processing":
+                # A replay returns the cached first response; the intent itself may have moved on.
+                intent = await self._client.v1.payment_intents.retrieve_async(
+                    intent.id, options=self._options(None)
+                )
+            result = classify_intent(intent)
+        except stripe.CardError as exc:
+            result = _decline(exc)
+        except stripe.StripeError as exc:
+            error = gateway_error(exc)
+            log.warning(
+                "gateway.charge_error",
+                idempotency_key=request.idempotency_key,
+                error_class=type(error).__name__,
+                detail=str(error),
+            )
+            raise error from exc
+        log.info(
+            "gateway.charge_result",
+            idempotency_key=request.idempotency_key,
+            outcome="succeeded" if isinstance(result, ChargeSucceeded) else result.code,
+            gateway_ref=result.gateway_ref,
+        )
+        return result
+
+    async def close(self) -> None:
+        await self._http.close_async()  # type: ignore[no-untyped-call]  # untyped in the SDK

@@ -1,0 +1,104 @@
+"""Small builders shared by the tests."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from common.balance_service import Submission
+from common.debits import Incoming
+from common.recharge_start import PolicyConfig
+from common.usage import decode_batch
+
+POLICY = PolicyConfig(retry_min_interval=timedelta(seconds=1800), run_max_charges=10)
+
+
+def event(
+    account: str, amount: str = "1.00", event_id: str | None = None, *, currency: str = "USD"
+) -> dict[str, Any]:
+    return {
+        "event_id": event_id or f"ev-{uuid.uuid4().hex}",
+        "account_id": account,
+        "amount": amount,
+        "currency": currency,
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "kind": "voice",
+    }
+
+
+def submission(*events: dict[str, Any], message_id: str | None = None) -> Submission:
+    message_id = message_id or uuid.uuid4().hex
+    decoded = decode_batch(
+        (), {"events": list(events)}, message_id=message_id, actor_name="record_usage_batch"
+    )
+    return Submission(
+        message_id=message_id,
+        items=[
+            Incoming(e, message_id, "record_usage_batch", raw)
+            for e, raw in zip(decoded.events, decoded.raws, strict=True)
+        ],
+        rejections=decoded.rejections,
+    )
+
+
+async def create_account(
+    conn: asyncpg.Connection[Any],
+    account_id: str,
+    *,
+    balance: str = "0",
+    currency: str = "USD",
+    threshold: str | None = None,
+    recharge: str | None = None,
+    status: str = "active",
+    tier: int = 0,
+    payment_method: str | None = None,
+) -> None:
+    await conn.execute(
+        """
+        INSERT INTO accounts (id, currency, auto_recharge_enabled, balance_amount,
+                              recharge_amount, status, suspended_at, retry_tier,
+                              last_failure_at, payment_method)
+        VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $6 = 'suspended' THEN now() END, $7::smallint,
+                CASE WHEN $7::smallint > 0 THEN now() END, $8)
+        """,
+        account_id,
+        currency,
+        threshold is not None,
+        Decimal(threshold) if threshold else None,
+        Decimal(recharge) if recharge else None,
+        status,
+        tier,
+        payment_method,
+    )
+    if Decimal(balance):
+        await conn.execute(
+            "INSERT INTO ledger_entries (account_id, amount, balance_after, kind, reference) "
+            "VALUES ($1, $2, $2, 'credit', $3)",
+            account_id,
+            Decimal(balance),
+            f"opening-{account_id}",
+        )
+        await conn.execute(
+            "UPDATE accounts SET balance = $2 WHERE id = $1", account_id, Decimal(balance)
+        )
+
+
+async def balance_and_ledger(
+    conn: asyncpg.Connection[Any], account_id: str
+) -> tuple[Decimal, Decimal, int]:
+    row = await conn.fetchrow(
+        "SELECT a.balance, coalesce(sum(l.amount), 0) AS total, count(l.id) AS n "
+        "FROM accounts a LEFT JOIN ledger_entries l ON l.account_id = a.id "
+        "WHERE a.id = $1 GROUP BY a.balance",
+        account_id,
+    )
+    assert row is not None
+    return row["balance"], row["total"], row["n"]
+
+
+def new_id(prefix: str = "acct") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"

@@ -1,0 +1,135 @@
+"""Real worker processes for the tests: started, watched, killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Proc:
+    def __init__(self, argv: list[str], env: dict[str, str], name: str) -> None:
+        self.name = name
+        self.log = Path(tempfile.mkstemp(prefix=f"contacto-{name}-", suffix=".log")[1])
+        self._log_handle = self.log.open("wb")
+        self.popen = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=REPO,
+            stdout=self._log_handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: kill() reaches the forked workers
+        )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, text: str, count: int = 1, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.output().count(text) >= count:
+                return
+            if self.popen.poll() is not None:
+                raise AssertionError(
+                    f"{self.name} exited ({self.popen.returncode}):\n{self.output()[-3000:]}"
+                )
+            time.sleep(0.05)
+        raise AssertionError(
+            f"{self.name}: no {text!r} x{count} in {timeout_s}s:\n{self.output()[-3000:]}"
+        )
+
+    def wait_exit(self, timeout_s: float = 30) -> int:
+        return self.popen.wait(timeout=timeout_s)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the whole group, like a power cut."""
+        self._signal_group(signal.SIGKILL)
+        self.popen.wait(timeout=10)
+
+    def stop(self, timeout_s: float = 20) -> None:
+        if self.popen.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        # A crashed child may outlive its parent: reap the group.
+        self._signal_group(signal.SIGKILL)
+        self._log_handle.close()
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        try:
+            os.killpg(self.popen.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def worker_env(namespace: str, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "CONTACTO_BROKER_NAMESPACE": namespace,
+            # Redeliver a dead worker's messages after 3 s instead of 60 s, and check often.
+            "CONTACTO_BROKER_HEARTBEAT_TIMEOUT_MS": "3000",
+            "CONTACTO_BROKER_MAINTENANCE_CHANCE": "200000",
+            "CONTACTO_RETRIES_MIN_BACKOFF_MS": "100",
+            "CONTACTO_RETRIES_MAX_BACKOFF_MS": "2000",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def dramatiq_worker(
+    module: str, queue: str, env: dict[str, str], *, processes: int = 1, threads: int = 8
+) -> Proc:
+    argv = [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        module,
+        "--processes",
+        str(processes),
+        "--threads",
+        str(threads),
+        "--queues",
+        queue,
+    ]
+    proc = Proc(argv, env, module.rsplit(".", 1)[-1])
+    proc.wait_for("Worker process is ready for action", count=processes)
+    return proc
+
+
+def relay(env: dict[str, str]) -> Proc:
+    proc = Proc([sys.executable, "-m", "workers.relay"], env, "relay")
+    return proc
+
+
+@contextmanager
+def running(*procs: Proc) -> Iterator[tuple[Proc, ...]]:
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.stop()
+
+
+def eventually(predicate: Callable[[], object], timeout_s: float = 30, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what or predicate}")

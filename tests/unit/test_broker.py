@@ -1,0 +1,41 @@
+"""The broker factory, on fakeredis (the one place a fake broker is used)."""
+
+from __future__ import annotations
+
+import fakeredis
+from dramatiq.middleware import AsyncIO, Retries
+
+from common.names import ACTOR_RECORD_USAGE, QUEUE_USAGE
+from common.publish import usage_batch_message, usage_message
+from config.broker import build_broker
+from config.settings import Settings
+
+
+def test_factory_sets_explicit_retries_and_asyncio() -> None:
+    settings = Settings(CONTACTO_RETRIES_MAX=7, CONTACTO_RETRIES_MIN_BACKOFF_MS=250)  # type: ignore[call-arg]
+    broker = build_broker(settings, client=fakeredis.FakeRedis())
+    retries = next(m for m in broker.middleware if isinstance(m, Retries))
+    assert (retries.max_retries, retries.min_backoff) == (7, 250)
+    kinds = [type(m) for m in broker.middleware]
+    assert AsyncIO in kinds and kinds.index(AsyncIO) < len(kinds)
+
+
+def test_usage_messages_are_the_contract_shape() -> None:
+    broker = build_broker(
+        Settings(CONTACTO_BROKER_NAMESPACE="unit"),  # type: ignore[call-arg]
+        client=fakeredis.FakeRedis(),
+    )
+    event = {
+        "event_id": "e",
+        "account_id": "a",
+        "amount": "1",
+        "currency": "USD",
+        "occurred_at": "2026-01-01T00:00:00Z",
+    }
+    broker.enqueue(usage_message(event))
+    broker.enqueue(usage_batch_message([event]))
+    consumer = broker.consume(QUEUE_USAGE, prefetch=2, timeout=100)
+    first, second = next(consumer), next(consumer)
+    assert first.actor_name == ACTOR_RECORD_USAGE and first.kwargs == event and first.args == ()
+    assert second.kwargs == {"events": [event]}
+    assert broker.client.llen("unit:usage") == 0  # both fetched
