@@ -16,7 +16,7 @@ SELECT a.id, a.currency, a.balance, a.status, a.auto_recharge_enabled, a.balance
        a.recharge_amount, a.recharge_mode, a.max_recharge_amount, a.retry_tier,
        a.last_failure_at, a.payment_method, a.gateway_customer_id,
        EXISTS (SELECT 1 FROM recharge_runs r
-               WHERE r.account_id = a.id AND r.kind = 'auto' AND r.state = 'pending')
+               WHERE r.account_id = a.id AND r.kind = 'auto' AND r.state IN ('pending', 'failing'))
            AS auto_run_in_flight,
        now() AS db_now
 FROM accounts a

@@ -116,7 +116,7 @@ async def show_account(conn: asyncpg.Connection[Any], account_id: str) -> dict[s
     )
     runs = await conn.fetch(
         "SELECT id, kind, state, tier, trigger FROM recharge_runs "
-        "WHERE account_id = $1 AND state = 'pending' ORDER BY id",
+        "WHERE account_id = $1 AND state IN ('pending', 'failing') ORDER BY id",
         account_id,
     )
     tier = row["retry_tier"]

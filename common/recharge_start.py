@@ -18,7 +18,7 @@ _INSERT_RUN = """
 INSERT INTO recharge_runs
     (account_id, kind, trigger, tier, target_amount, recharge_amount, mode, max_charges)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-ON CONFLICT (account_id, kind) WHERE state = 'pending' DO NOTHING
+ON CONFLICT (account_id, kind) WHERE state IN ('pending', 'failing') DO NOTHING
 RETURNING id
 """
 

@@ -94,8 +94,10 @@ CREATE TABLE recharge_runs (
     kind            text NOT NULL CHECK (kind IN ('auto', 'manual')),
     trigger         text NOT NULL,     -- threshold, tier, card, manual
     tier            smallint NOT NULL CHECK (tier BETWEEN 0 AND 4),
+    -- pending: charging; failing: an attempt failed and the retry worker has not yet armed
+    -- the next tier (still in flight, so no other run can start in between); then final.
     state           text NOT NULL DEFAULT 'pending'
-                    CHECK (state IN ('pending', 'succeeded', 'failed', 'capped', 'error')),
+                    CHECK (state IN ('pending', 'failing', 'succeeded', 'failed', 'capped')),
     target_amount   numeric(20,6),     -- T when the run started (auto runs)
     recharge_amount numeric(20,6) NOT NULL CHECK (recharge_amount > 0),
     mode            text NOT NULL DEFAULT 'repeat' CHECK (mode IN ('repeat', 'single')),
@@ -103,10 +105,11 @@ CREATE TABLE recharge_runs (
     error           text,
     created_at      timestamptz NOT NULL DEFAULT now(),
     finished_at     timestamptz,
-    CHECK ((state = 'pending') = (finished_at IS NULL))
+    CHECK ((state IN ('pending', 'failing')) = (finished_at IS NULL))
 );
 -- At most one automatic and one manual run in flight per account, enforced here.
-CREATE UNIQUE INDEX recharge_runs_in_flight ON recharge_runs (account_id, kind) WHERE state = 'pending';
+CREATE UNIQUE INDEX recharge_runs_in_flight ON recharge_runs (account_id, kind)
+    WHERE state IN ('pending', 'failing');
 
 CREATE TABLE charges (
     id              bigserial PRIMARY KEY,
