@@ -25,7 +25,8 @@ async def create_account(conn: asyncpg.Connection[Any], account_id: str, currenc
     currency = parse_currency(currency)
     status = await conn.execute(
         "INSERT INTO accounts (id, currency) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
-        account_id, currency,
+        account_id,
+        currency,
     )
     if status.endswith(" 0"):
         raise AdminError(f"account {account_id!r} already exists")
@@ -61,15 +62,20 @@ async def apply_credit(
         FROM entry WHERE accounts.id = $1
         RETURNING balance
         """,
-        account["id"], amount, kind, reference, memo,
+        account["id"],
+        amount,
+        kind,
+        reference,
+        memo,
     )
     if balance is not None and should_reactivate(account["status"], balance):
         await conn.execute(
             "UPDATE accounts SET status = 'active', suspended_at = NULL WHERE id = $1",
             account["id"],
         )
-        await emit_event(conn, EVENT_ACCOUNT_REACTIVATED,
-                         {"account_id": account["id"], "balance": str(balance)})
+        await emit_event(
+            conn, EVENT_ACCOUNT_REACTIVATED, {"account_id": account["id"], "balance": str(balance)}
+        )
     return balance
 
 
@@ -87,8 +93,9 @@ async def credit_account(
     reference = reference or f"support-{uuid.uuid4()}"
     async with conn.transaction():
         account = await require_account(conn, account_id)
-        balance = await apply_credit(conn, account, amount, kind="credit", reference=reference,
-                                     memo=reason)
+        balance = await apply_credit(
+            conn, account, amount, kind="credit", reference=reference, memo=reason
+        )
         if balance is None:
             return account["balance"], False
         return balance, True

@@ -73,7 +73,11 @@ ON CONFLICT (fingerprint) DO NOTHING
 
 def reject(item: Incoming, reason: str) -> Rejection:
     return Rejection(
-        reason, item.raw, item.message_id, item.actor_name, item.event.event_id,
+        reason,
+        item.raw,
+        item.message_id,
+        item.actor_name,
+        item.event.event_id,
         item.event.account_id,
     )
 
@@ -124,8 +128,12 @@ async def _debit(
         if account is None:
             result.rejections.append(reject(item, f"unknown account {ev.account_id!r}"))
         elif account["currency"] != ev.currency:
-            result.rejections.append(reject(item, f"currency {ev.currency} does not match "
-                                                  f"the account's {account['currency']}"))
+            result.rejections.append(
+                reject(
+                    item,
+                    f"currency {ev.currency} does not match the account's {account['currency']}",
+                )
+            )
         elif ev.event_id in candidates:
             _duplicate(candidates[ev.event_id], item, result)
         else:
@@ -146,8 +154,9 @@ async def _debit(
         )
     }
     if len(inserted) < len(ordered):
-        await _classify_existing(conn, [i for i in ordered if i.event.event_id not in inserted],
-                                 result)
+        await _classify_existing(
+            conn, [i for i in ordered if i.event.event_id not in inserted], result
+        )
 
     # Debit in arrival order so that balance_after reads like a statement.
     balances = {acc_id: row["balance"] for acc_id, row in accounts.items()}
@@ -189,8 +198,13 @@ def _duplicate(first: Incoming, again: Incoming, result: DebitResult) -> None:
     if (a.account_id, a.amount) == (b.account_id, b.amount):
         result.duplicates.add(b.event_id)
     else:
-        result.rejections.append(reject(again, f"event_id {b.event_id!r} reused with a different "
-                                               "account or amount in the same batch"))
+        result.rejections.append(
+            reject(
+                again,
+                f"event_id {b.event_id!r} reused with a different "
+                "account or amount in the same batch",
+            )
+        )
 
 
 async def _classify_existing(
@@ -206,5 +220,10 @@ async def _classify_existing(
         if stored.get(ev.event_id) == (ev.account_id, ev.amount):
             result.duplicates.add(ev.event_id)
         else:
-            result.rejections.append(reject(item, f"event_id {ev.event_id!r} was already "
-                                                  "recorded with a different account or amount"))
+            result.rejections.append(
+                reject(
+                    item,
+                    f"event_id {ev.event_id!r} was already "
+                    "recorded with a different account or amount",
+                )
+            )

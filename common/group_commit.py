@@ -22,8 +22,9 @@ Result = TypeVar("Result")
 class _Pending(Generic[Work, Result]):
     work: Work
     size: int
-    future: asyncio.Future[Result] = field(default_factory=lambda: asyncio.get_running_loop()
-                                           .create_future())
+    future: asyncio.Future[Result] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 class GroupCommitter(Generic[Work, Result]):
@@ -74,7 +75,7 @@ class GroupCommitter(Generic[Work, Result]):
     async def _run(self, group: list[_Pending[Work, Result]]) -> None:
         try:
             results = await self._flush([p.work for p in group])
-        except BaseException as exc:  # noqa: BLE001 - handed to every waiter, never swallowed
+        except BaseException as exc:
             for p in group:
                 if not p.future.done():
                     p.future.set_exception(exc)

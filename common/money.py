@@ -47,7 +47,9 @@ def parse_amount(value: object, *, field: str = "amount") -> Decimal:
         raise MoneyError(f"{field} must be positive, got {value!r}")
     match = _AMOUNT_RE.fullmatch(value)
     if match is None:
-        raise MoneyError(f"{field} must look like 12.345678 (digits, optional point), got {value!r}")
+        raise MoneyError(
+            f"{field} must look like 12.345678 (digits, optional point), got {value!r}"
+        )
     frac = match["frac"] or ""
     if len(frac) > MAX_DECIMALS:
         raise MoneyError(f"{field} has more than {MAX_DECIMALS} decimal places: {value!r}")

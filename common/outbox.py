@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
 
+from common.money import format_amount
 from common.names import ACTOR_QUEUES, DEST_QUEUE, DEST_STREAM, OUTBOX_CHANNEL
 
 _INSERT = """
@@ -38,10 +40,17 @@ async def enqueue_message(
     return outbox_id
 
 
+def _jsonable(value: object) -> str:
+    # Money leaves as canonical decimal text ("75.00", never 75.00000000 or a float).
+    if isinstance(value, Decimal):
+        return format_amount(value)
+    return str(value)
+
+
 async def emit_event(conn: asyncpg.Connection[Any], event_type: str, data: dict[str, Any]) -> int:
     """Ask for a domain event on the Redis Stream (`recharge.succeeded`, `account.suspended`…)."""
     outbox_id: int = await conn.fetchval(
-        _INSERT, DEST_STREAM, event_type, None, json.dumps(data, default=str), None
+        _INSERT, DEST_STREAM, event_type, None, json.dumps(data, default=_jsonable), None
     )
     await conn.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
     return outbox_id

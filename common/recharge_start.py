@@ -13,6 +13,7 @@ import asyncpg
 from common.names import ACTOR_RUN_RECHARGE
 from common.outbox import enqueue_message
 from common.policy import StartRecharge
+from config.settings import Settings
 
 _INSERT_RUN = """
 INSERT INTO recharge_runs
@@ -27,6 +28,13 @@ RETURNING id
 class PolicyConfig:
     retry_min_interval: timedelta
     run_max_charges: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PolicyConfig:
+        return cls(
+            retry_min_interval=timedelta(seconds=settings.retry_min_interval_s),
+            run_max_charges=settings.run_max_charges,
+        )
 
 
 async def start_run(
@@ -46,7 +54,14 @@ async def start_run(
     Returns the run id, or None when a run of that kind is already in flight.
     """
     run_id: int | None = await conn.fetchval(
-        _INSERT_RUN, account_id, kind, trigger, tier, target_amount, recharge_amount, mode,
+        _INSERT_RUN,
+        account_id,
+        kind,
+        trigger,
+        tier,
+        target_amount,
+        recharge_amount,
+        mode,
         max_charges,
     )
     if run_id is not None:

@@ -13,7 +13,6 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg
 import dramatiq
@@ -114,5 +113,3 @@ async def outbox_lag(engine: AsyncEngine) -> tuple[int, float]:
         )
     assert row is not None
     return int(row["n"]), float(row["age"] or 0)  # float-ok: seconds, not money
-
-

@@ -155,8 +155,18 @@ def decode_single(
     """`record_usage(**event)`: one event in keyword arguments."""
     payload: Any = {"args": list(args), "kwargs": kwargs} if args else kwargs
     if args:
-        return Decoded([], [_reject("positional arguments are not accepted; send keyword "
-                                    "arguments", payload, message_id, actor_name, kwargs)])
+        return Decoded(
+            [],
+            [
+                _reject(
+                    "positional arguments are not accepted; send keyword arguments",
+                    payload,
+                    message_id,
+                    actor_name,
+                    kwargs,
+                )
+            ],
+        )
     try:
         return Decoded([parse_event(kwargs)], [], [kwargs])
     except UsageError as exc:

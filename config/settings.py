@@ -46,9 +46,7 @@ class Settings(BaseSettings):
     )
     retries_max: int = Field(20, validation_alias="CONTACTO_RETRIES_MAX")
     retries_min_backoff_ms: int = Field(500, validation_alias="CONTACTO_RETRIES_MIN_BACKOFF_MS")
-    retries_max_backoff_ms: int = Field(
-        300_000, validation_alias="CONTACTO_RETRIES_MAX_BACKOFF_MS"
-    )
+    retries_max_backoff_ms: int = Field(300_000, validation_alias="CONTACTO_RETRIES_MAX_BACKOFF_MS")
     run_max_charges: int = Field(10, validation_alias="CONTACTO_RUN_MAX_CHARGES")
     db_pool_size: int = Field(5, validation_alias="CONTACTO_DB_POOL_SIZE")
     # Group commit: how many concurrently delivered usage messages one transaction may take.

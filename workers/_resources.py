@@ -1,8 +1,9 @@
-"""Per-process resources (engine, Redis, payment gateway), created at worker boot on the
+"""Per-process resources (engine, async Redis, payment gateway), created at worker boot on the
 worker's event loop and disposed on that same loop before it stops.
 
 Nothing connects at import time: `dramatiq workers.balance --processes 2` forks first, and a
-connection made before the fork would be shared by every child.
+connection made before the fork would be shared by every child. The gateway's HTTP client,
+like the engine's pool, belongs to the loop that first uses it, hence creation on the loop.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import redis.asyncio as aioredis
 import structlog
 from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.middleware import Middleware
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.db.engine import create_engine
+from common.gateway import PaymentGateway, build_gateway
 from config.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -25,6 +28,8 @@ log = structlog.get_logger(__name__)
 class Resources:
     settings: Settings
     engine: AsyncEngine
+    redis: aioredis.Redis
+    gateway: PaymentGateway | None
 
 
 _current: Resources | None = None
@@ -36,14 +41,22 @@ def resources() -> Resources:
     return _current
 
 
+def gateway() -> PaymentGateway:
+    """The process's gateway, built on first use (on the loop: its HTTP client lives there)."""
+    current = resources()
+    if current.gateway is None:
+        current.gateway = build_gateway(current.settings, current.redis)
+    return current.gateway
+
+
 class ResourcesMiddleware(Middleware):
-    """Owns the SQLAlchemy engine of a worker process."""
+    """Owns the engine, the async Redis client and the payment gateway of a worker process."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
+    # before, not after: dramatiq starts the worker threads before emitting after_worker_boot.
     def before_worker_boot(self, broker: Any, worker: Any) -> None:
-        # before, not after: dramatiq starts the worker threads before emitting after_worker_boot.
         global _current
         loop_thread = get_event_loop_thread()
         assert loop_thread is not None, "the AsyncIO middleware must come first"
@@ -51,8 +64,8 @@ class ResourcesMiddleware(Middleware):
         log.info("worker.resources_started")
 
     async def _start(self) -> Resources:
-        # Created on the loop so that the pool's connections belong to it.
-        return Resources(settings=self.settings, engine=create_engine(self.settings))
+        redis = aioredis.Redis.from_url(self.settings.redis_url)
+        return Resources(self.settings, create_engine(self.settings), redis, None)
 
     def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
         global _current
@@ -60,5 +73,12 @@ class ResourcesMiddleware(Middleware):
         if _current is None or loop_thread is None:
             return
         current, _current = _current, None
-        loop_thread.run_coroutine(current.engine.dispose())
+        loop_thread.run_coroutine(_dispose(current))
         log.info("worker.resources_disposed")
+
+
+async def _dispose(current: Resources) -> None:
+    if current.gateway is not None:
+        await current.gateway.close()
+    await current.redis.aclose()
+    await current.engine.dispose()

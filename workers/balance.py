@@ -10,7 +10,6 @@ delivery a no-op.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
 from typing import Any
 
 import dramatiq
@@ -20,32 +19,23 @@ from dramatiq.middleware import CurrentMessage
 from common.balance_service import Outcome, Submission, apply_submissions
 from common.crashpoints import crash_point
 from common.debits import Incoming
-from common.logging import configure_logging
 from common.group_commit import GroupCommitter
 from common.names import ACTOR_RECORD_USAGE, ACTOR_RECORD_USAGE_BATCH, QUEUE_USAGE
 from common.recharge_start import PolicyConfig
 from common.usage import Decoded, decode_batch, decode_single
-from config.broker import setup_broker
-from config.settings import get_settings
-from workers._resources import ResourcesMiddleware, resources
+from workers._broker import broker, settings  # noqa: F401  (declares the broker first)
+from workers._resources import resources
 
-settings = get_settings()
-configure_logging(settings.log_format)
-broker = setup_broker(settings, extra_middleware=[ResourcesMiddleware(settings)])
 log = structlog.get_logger("workers.balance")
 
 _committer: GroupCommitter[Submission, Outcome] | None = None
 
 
-def _policy_config() -> PolicyConfig:
-    return PolicyConfig(
-        retry_min_interval=timedelta(seconds=settings.retry_min_interval_s),
-        run_max_charges=settings.run_max_charges,
-    )
+POLICY = PolicyConfig.from_settings(settings)
 
 
 async def _flush(subs: Sequence[Submission]) -> list[Outcome]:
-    return await apply_submissions(resources().engine, _policy_config(), subs)
+    return await apply_submissions(resources().engine, POLICY, subs)
 
 
 def _get_committer() -> GroupCommitter[Submission, Outcome]:
@@ -61,8 +51,10 @@ async def _submit(decoded: Decoded, actor_name: str) -> None:
     message_id = message.message_id if message is not None else None
     sub = Submission(
         message_id=message_id,
-        items=[Incoming(ev, message_id, actor_name, raw) for ev, raw in
-               zip(decoded.events, decoded.raws, strict=True)],
+        items=[
+            Incoming(ev, message_id, actor_name, raw)
+            for ev, raw in zip(decoded.events, decoded.raws, strict=True)
+        ],
         rejections=decoded.rejections,
     )
     outcome = await _get_committer().submit(sub, size=max(1, sub.size))
@@ -85,15 +77,16 @@ async def _submit(decoded: Decoded, actor_name: str) -> None:
 @dramatiq.actor(actor_name=ACTOR_RECORD_USAGE, queue_name=QUEUE_USAGE)
 async def record_usage(*args: Any, **kwargs: Any) -> None:
     message = CurrentMessage.get_current_message()
-    decoded = decode_single(args, kwargs, message_id=message and message.message_id,
-                            actor_name=ACTOR_RECORD_USAGE)
+    decoded = decode_single(
+        args, kwargs, message_id=message and message.message_id, actor_name=ACTOR_RECORD_USAGE
+    )
     await _submit(decoded, ACTOR_RECORD_USAGE)
 
 
 @dramatiq.actor(actor_name=ACTOR_RECORD_USAGE_BATCH, queue_name=QUEUE_USAGE)
 async def record_usage_batch(*args: Any, **kwargs: Any) -> None:
     message = CurrentMessage.get_current_message()
-    decoded = decode_batch(args, kwargs, message_id=message and message.message_id,
-                           actor_name=ACTOR_RECORD_USAGE_BATCH)
+    decoded = decode_batch(
+        args, kwargs, message_id=message and message.message_id, actor_name=ACTOR_RECORD_USAGE_BATCH
+    )
     await _submit(decoded, ACTOR_RECORD_USAGE_BATCH)
-

@@ -41,20 +41,10 @@ def register(sub: Any) -> None:
 
 def _extensions() -> list[Any]:
     """Command modules that add actions under `accounts` (recharge settings, credentials)."""
-    found = []
-    try:
-        from common.cli.recharge import register_under_accounts as recharge
-    except ModuleNotFoundError:
-        pass
-    else:
-        found.append(recharge)
-    try:
-        from common.cli.credentials import register_under_accounts as credentials
-    except ModuleNotFoundError:
-        pass
-    else:
-        found.append(credentials)
-    return found
+    from common.cli.credentials import register_under_accounts as credentials
+    from common.cli.recharge import register_under_accounts as recharge
+
+    return [recharge, credentials]
 
 
 def _guard(fn: Any) -> Any:
@@ -77,14 +67,19 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _credit(args: argparse.Namespace) -> int:
-    balance, applied = run(with_conn(_guard(
-        lambda c: credit_account(c, args.account, args.amount, args.reason, args.reference)
-    )))
+    balance, applied = run(
+        with_conn(
+            _guard(
+                lambda c: credit_account(c, args.account, args.amount, args.reason, args.reference)
+            )
+        )
+    )
     if args.json:
         print_json({"account_id": args.account, "balance": balance, "applied": applied})
     elif applied:
-        print(f"credited {to_jsonable(args.amount)} to {args.account}: balance "
-              f"{to_jsonable(balance)}")
+        print(
+            f"credited {to_jsonable(args.amount)} to {args.account}: balance {to_jsonable(balance)}"
+        )
     else:
         print(f"reference {args.reference} was already credited: balance {to_jsonable(balance)}")
     return 0
@@ -104,22 +99,29 @@ def render_account(info: dict[str, Any]) -> str:
     lines = [
         f"account   {info['account_id']} ({info['currency']})  status {info['status']}",
         f"balance   {info['balance']}",
-        "auto      " + (
+        "auto      "
+        + (
             f"below {ar['balance_amount']} charge {ar['recharge_amount']} ({ar['mode']})"
-            if ar["enabled"] else "off"
+            if ar["enabled"]
+            else "off"
         ),
-        f"tier      {info['retry_tier']}" + (
-            f"  armed at {info['armed_level']}" if info["armed_level"] is not None else ""
-        ),
+        f"tier      {info['retry_tier']}"
+        + (f"  armed at {info['armed_level']}" if info["armed_level"] is not None else ""),
         f"card      {info['payment_method'] or '-'}",
     ]
     if info["runs_in_flight"]:
-        lines.append("running   " + ", ".join(
-            f"run {r['id']} ({r['kind']}, tier {r['tier']})" for r in info["runs_in_flight"]))
+        lines.append(
+            "running   "
+            + ", ".join(
+                f"run {r['id']} ({r['kind']}, tier {r['tier']})" for r in info["runs_in_flight"]
+            )
+        )
     if info["charges"]:
         lines.append("charges")
         for c in info["charges"]:
             failure = f" {c['failure_code']}" if c.get("failure_code") else ""
-            lines.append(f"  {c['created_at'][:19]}  {c['kind']:<6} {c['amount']:>12}  "
-                         f"{c['status']:<9}{failure}  {c['idempotency_key']}")
+            lines.append(
+                f"  {c['created_at'][:19]}  {c['kind']:<6} {c['amount']:>12}  "
+                f"{c['status']:<9}{failure}  {c['idempotency_key']}"
+            )
     return "\n".join(lines)

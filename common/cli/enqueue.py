@@ -29,10 +29,17 @@ def register(sub: Any) -> None:
     p.add_argument("--currency", help="default: the account's currency")
     p.add_argument("--kind", default="voice")
     p.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
-    p.add_argument("--batch-size", type=int, default=0,
-                   help="send record_usage_batch messages of this many events (1-1000)")
-    p.add_argument("--file", type=argparse.FileType("r"),
-                   help="JSON lines, one event object per line ('-' for stdin), sent verbatim")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=0,
+        help="send record_usage_batch messages of this many events (1-1000)",
+    )
+    p.add_argument(
+        "--file",
+        type=argparse.FileType("r"),
+        help="JSON lines, one event object per line ('-' for stdin), sent verbatim",
+    )
     p.add_argument("--json", action="store_true", help="print what was sent as JSON")
     p.set_defaults(func=_usage)
 
@@ -68,7 +75,8 @@ def _file_events(handle: TextIO) -> Iterator[dict[str, Any]]:
 async def _account_currency(account: str) -> str | None:
     async def fetch(conn: Any) -> str | None:
         value: str | None = await conn.fetchval(
-            "SELECT currency FROM accounts WHERE id = $1", account)
+            "SELECT currency FROM accounts WHERE id = $1", account
+        )
         return value
 
     return await with_conn(fetch)
@@ -121,10 +129,15 @@ def _usage(args: argparse.Namespace) -> int:
     if args.json:
         print_json(summary)
     else:
-        span = (f"{summary['first_event_id']} … {summary['last_event_id']}"
-                if len(sent_events) > 1 else summary["first_event_id"])
-        print(f"sent {len(sent_events)} event(s) in {messages} {actor} message(s) to queue "
-              f"{QUEUE_USAGE}: {span}")
+        span = (
+            f"{summary['first_event_id']} … {summary['last_event_id']}"
+            if len(sent_events) > 1
+            else summary["first_event_id"]
+        )
+        print(
+            f"sent {len(sent_events)} event(s) in {messages} {actor} message(s) to queue "
+            f"{QUEUE_USAGE}: {span}"
+        )
     return 0
 
 
@@ -134,8 +147,11 @@ def _lookup_currency(account: str) -> str:
     except (OSError, ConnectionError):
         currency = None
     if currency is None:
-        print(f"warning: account {account!r} not found; sending USD (the worker will reject "
-              "unknown accounts)", file=sys.stderr)
+        print(
+            f"warning: account {account!r} not found; sending USD (the worker will reject "
+            "unknown accounts)",
+            file=sys.stderr,
+        )
         return "USD"
     return currency
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 
 from common.cli._common import CliError
+from common.logging import configure_logging
+from config.settings import get_settings
 
 # Each module registers its own sub-commands; missing optional ones are skipped.
 COMMAND_MODULES = (
@@ -41,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Logs go to stderr (stdout is for results and --json); only warnings: a CLI is not a daemon.
+    configure_logging(get_settings().log_format, level=logging.WARNING)
     try:
         code = args.func(args)
     except CliError as exc:

@@ -27,6 +27,8 @@ def _rejected(args: argparse.Namespace) -> int:
         print("no rejected usage")
         return 0
     for r in to_jsonable(rows):
-        print(f"{r['rejected_at'][:19]}  {r['event_id'] or '-':<24} {r['account_id'] or '-':<16} "
-              f"{r['reason']}")
+        print(
+            f"{r['rejected_at'][:19]}  {r['event_id'] or '-':<24} {r['account_id'] or '-':<16} "
+            f"{r['reason']}"
+        )
     return 0

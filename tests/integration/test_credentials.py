@@ -314,6 +314,7 @@ def logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Logs]:
     """
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
+    saved_config = structlog.get_config()
     captured = Logs()
     configure_logging("json")
     root.handlers[0].setStream(captured.rendered)  # type: ignore[attr-defined]
@@ -328,7 +329,7 @@ def logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Logs]:
         credentials_module, "log", structlog.get_logger(credentials_module.__name__)
     )
     yield captured
-    structlog.reset_defaults()
+    structlog.configure(**saved_config)
     root.handlers[:] = saved_handlers
     root.setLevel(saved_level)
 

@@ -218,10 +218,16 @@ async def test_ids_postgresql_cannot_store_are_rejected_and_kept_escaped(
     acct = new_id()
     await create_account(conn, acct, balance="5")
     marker = uuid.uuid4().hex
-    bad = [dict(event(acct), event_id=f"{marker}\x00"), dict(event(acct), event_id=f"{marker}\ud800"),
-           dict(event(acct), account_id=f"{marker}\x00")]
+    bad = [
+        dict(event(acct), event_id=f"{marker}\x00"),
+        dict(event(acct), event_id=f"{marker}\ud800"),
+        dict(event(acct), account_id=f"{marker}\x00"),
+    ]
     [outcome] = await apply_submissions(engine, POLICY, [submission(*bad, event(acct, "1"))])
     assert outcome.applied == 1 and len(outcome.rejected) == 3
-    stored = await conn.fetch("SELECT event_id, account_id FROM rejected_usage "
-                              "WHERE event_id LIKE $1 OR account_id LIKE $1", f"{marker}%")
+    stored = await conn.fetch(
+        "SELECT event_id, account_id FROM rejected_usage "
+        "WHERE event_id LIKE $1 OR account_id LIKE $1",
+        f"{marker}%",
+    )
     assert len(stored) == 3

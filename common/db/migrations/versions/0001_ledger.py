@@ -5,7 +5,6 @@ Revises:
 Create Date: 2026-11-26
 """
 
-
 from common.db.script import execute_script
 
 revision = "0001"

@@ -1,0 +1,1 @@
+"""Benchmarks of the real pipeline (see bench/README.md). Not part of the installed package."""

@@ -1,0 +1,56 @@
+"""Reference point: the balance worker's `record_usage` without group commit.
+
+Same decoding, same service (`apply_submissions`: one pooled connection, one transaction via
+`common.debits.apply_usage`), same log line, but each message is its own transaction. This is
+the "plain actor doing one transaction per message" the targets are stated against. Run by
+bench/pipeline.py as `python -m dramatiq bench._plain_worker --queues usage`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dramatiq
+import structlog
+from dramatiq.middleware import CurrentMessage
+
+from common.balance_service import Submission, apply_submissions
+from common.debits import Incoming
+from common.logging import configure_logging
+from common.names import ACTOR_RECORD_USAGE, QUEUE_USAGE
+from common.recharge_start import PolicyConfig
+from common.usage import decode_single
+from config.broker import setup_broker
+from config.settings import get_settings
+from workers._resources import ResourcesMiddleware, resources
+
+settings = get_settings()
+configure_logging(settings.log_format)
+broker = setup_broker(settings, extra_middleware=[ResourcesMiddleware(settings)])
+log = structlog.get_logger("bench.plain")
+policy = PolicyConfig.from_settings(settings)
+
+
+@dramatiq.actor(actor_name=ACTOR_RECORD_USAGE, queue_name=QUEUE_USAGE)
+async def record_usage(*args: Any, **kwargs: Any) -> None:
+    message = CurrentMessage.get_current_message()
+    message_id = message.message_id if message is not None else None
+    decoded = decode_single(args, kwargs, message_id=message_id, actor_name=ACTOR_RECORD_USAGE)
+    sub = Submission(
+        message_id=message_id,
+        items=[
+            Incoming(ev, message_id, ACTOR_RECORD_USAGE, raw)
+            for ev, raw in zip(decoded.events, decoded.raws, strict=True)
+        ],
+        rejections=decoded.rejections,
+    )
+    [outcome] = await apply_submissions(resources().engine, policy, [sub])
+    log.info(
+        "usage.recorded",
+        message_id=message_id,
+        actor=ACTOR_RECORD_USAGE,
+        applied=outcome.applied,
+        duplicates=outcome.duplicates,
+        rejected=len(outcome.rejected),
+        recharges_started=outcome.runs_started or None,
+    )

@@ -1,0 +1,41 @@
+"""Recharge limits: the minimum, the maximum (per account when support raised it), the
+currency's minor unit. One function, used by settings, manual recharges and the charge step."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from common.money import MoneyError, check_fits_minor_unit, format_amount
+
+
+class LimitError(ValueError):
+    """A recharge amount outside the limits; the message says which and how to get past it."""
+
+
+def effective_max(global_max: Decimal, account_max: Decimal | None) -> Decimal:
+    return account_max if account_max is not None else global_max
+
+
+def check_recharge_amount(
+    amount: Decimal,
+    currency: str,
+    *,
+    minimum: Decimal,
+    global_max: Decimal,
+    account_max: Decimal | None,
+) -> None:
+    if amount < minimum:
+        raise LimitError(
+            f"recharge amount {format_amount(amount)} {currency} is below the minimum of "
+            f"{format_amount(minimum)}"
+        )
+    maximum = effective_max(global_max, account_max)
+    if amount > maximum:
+        raise LimitError(
+            f"recharge amount {format_amount(amount)} {currency} is above the maximum of "
+            f"{format_amount(maximum)}; support can raise it for this account"
+        )
+    try:
+        check_fits_minor_unit(amount, currency)
+    except MoneyError as exc:
+        raise LimitError(str(exc)) from None

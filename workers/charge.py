@@ -1,0 +1,32 @@
+"""Charge worker: consumes queue `charges` (actor `run_recharge(run_id)`).
+
+Runs a recharge run to its end, one charge at a time (common/charging.py). Delivered twice?
+The second delivery finds the run finished, or its pending charge, whose idempotency key the
+gateway has already seen. Transient gateway errors raise, so dramatiq retries the message with
+backoff and the same key is replayed; our own misconfiguration is not retried: the message is
+dead-lettered, an error is logged, the run stays pending (and resumable with `dlq requeue`),
+and the customer's tier is untouched.
+"""
+
+from __future__ import annotations
+
+import dramatiq
+
+from common.charging import ChargeLimits, run_to_completion
+from common.gateway import GatewayConfigError
+from common.limits import LimitError
+from common.names import ACTOR_RUN_RECHARGE, QUEUE_CHARGES
+from workers._broker import broker, settings  # noqa: F401  (declares the broker first)
+from workers._resources import gateway, resources
+
+LIMITS = ChargeLimits.from_settings(settings)
+
+
+@dramatiq.actor(
+    actor_name=ACTOR_RUN_RECHARGE,
+    queue_name=QUEUE_CHARGES,
+    # Ours to fix, never the customer's: dead-letter at once instead of retrying.
+    throws=(GatewayConfigError, LimitError),
+)
+async def run_recharge(run_id: int) -> None:
+    await run_to_completion(resources().engine, gateway(), run_id, LIMITS)
