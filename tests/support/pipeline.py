@@ -1,0 +1,59 @@
+"""Drive the recharge pipeline in-process: what the charge and retry workers would do with the
+messages the outbox holds, without the processes (fast, deterministic scenario tests)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from common.charging import ChargeLimits, run_to_completion
+from common.db.engine import raw_connection
+from common.gateway import PaymentGateway
+from common.ladder import record_failure
+from common.recharge_start import PolicyConfig
+from config.settings import Settings
+
+TEST_SETTINGS = Settings(  # type: ignore[call-arg]
+    MIN_RECHARGE_AMOUNT="20", MAX_RECHARGE_AMOUNT="500", RETRY_MIN_INTERVAL_SECONDS=0
+)
+LIMITS = ChargeLimits.from_settings(TEST_SETTINGS)
+NO_WAIT = PolicyConfig(retry_min_interval=timedelta(0), run_max_charges=10)
+
+
+async def settle(engine: Any, gateway: PaymentGateway, account_id: str,
+                 policy: PolicyConfig = NO_WAIT, limits: ChargeLimits = LIMITS) -> None:
+    """Run every in-flight run of the account to its end, and record failures."""
+    for _ in range(50):
+        async with raw_connection(engine) as conn:
+            runs = await conn.fetch(
+                "SELECT id, state FROM recharge_runs WHERE account_id = $1 "
+                "AND state IN ('pending', 'failing') ORDER BY id", account_id)
+        if not runs:
+            return
+        for run in runs:
+            if run["state"] == "pending":
+                await run_to_completion(engine, gateway, run["id"], limits)
+            else:
+                async with raw_connection(engine) as conn:
+                    await record_failure(conn, run["id"], policy)
+    raise AssertionError("runs did not settle")
+
+
+async def account_row(conn: Any, account_id: str) -> Any:
+    return await conn.fetchrow("SELECT * FROM accounts WHERE id = $1", account_id)
+
+
+async def charges(conn: Any, account_id: str) -> list[Any]:
+    return list(await conn.fetch(
+        "SELECT c.*, r.kind AS run_kind, r.tier AS run_tier FROM charges c "
+        "JOIN recharge_runs r ON r.id = c.run_id WHERE c.account_id = $1 ORDER BY c.id",
+        account_id))
+
+
+async def events(conn: Any, account_id: str) -> list[tuple[str, dict[str, Any]]]:
+    import json
+
+    rows = await conn.fetch(
+        "SELECT target, payload FROM outbox WHERE destination = 'stream' "
+        "AND payload::jsonb ->> 'account_id' = $1 ORDER BY id", account_id)
+    return [(r["target"], json.loads(r["payload"])) for r in rows]
