@@ -54,6 +54,7 @@ OPENING_BALANCE = Decimal("1000000")
 SINGLE_RATIO_TARGET = 0.70
 BATCH_RATE_TARGET = 25_000.0
 PHASE_TIMEOUT_S = 600.0
+NOISE_CORES = 0.15  # "other" CPU above this in a phase: someone else was using the machine
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 _t0 = time.monotonic()
@@ -87,6 +88,7 @@ class Phase:
 
 def plan(args: argparse.Namespace) -> list[Phase]:
     n, nb, acc = args.events, args.batch_events, args.accounts
+    balance = "bench._variant_worker" if args.variants else "workers.balance"
     noop_n = args.noop_events or n
     phases = [
         Phase("noop-async", "worker", "async no-op actor, same broker factory and queue",
@@ -97,11 +99,11 @@ def plan(args: argparse.Namespace) -> list[Phase]:
               "commit)", max(1, n // 2), module="bench._plain_worker",
               actor=ACTOR_RECORD_USAGE, accounts=acc),
         Phase("single", "worker", f"record_usage via workers.balance, {acc} accounts", n,
-              module="workers.balance", actor=ACTOR_RECORD_USAGE, accounts=acc, target="ratio"),
+              module=balance, actor=ACTOR_RECORD_USAGE, accounts=acc, target="ratio"),
         Phase("single-hot", "worker", "record_usage via workers.balance, ONE account",
-              max(1, n // 2), module="workers.balance", actor=ACTOR_RECORD_USAGE, accounts=1),
+              max(1, n // 2), module=balance, actor=ACTOR_RECORD_USAGE, accounts=1),
         Phase("batch100", "worker", f"record_usage_batch of 100 via workers.balance, {acc} "
-              "accounts", nb, batch=100, module="workers.balance",
+              "accounts", nb, batch=100, module=balance,
               actor=ACTOR_RECORD_USAGE_BATCH, accounts=acc, target="rate"),
         Phase("direct-single", "direct", "apply_usage per event, asyncpg, no broker", n,
               accounts=acc),
@@ -157,16 +159,24 @@ def expected_debits(run: str, phase: Phase, occurred_at: str) -> dict[str, Decim
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Proc:
+    ppid: int
+    comm: str
+    cpu: float  # user + system seconds
+    reaped: float  # children's user + system seconds, once the process waited for them
+
+
 @dataclass(slots=True)
 class CpuSnapshot:
     at: float
-    procs: dict[int, tuple[int, str, float]]  # pid -> (ppid, comm, cpu seconds)
+    procs: dict[int, Proc]
     busy: float  # machine-wide, seconds
     total: float
 
 
-def _read_procs() -> dict[int, tuple[int, str, float]]:
-    out: dict[int, tuple[int, str, float]] = {}
+def _read_procs() -> dict[int, Proc]:
+    out: dict[int, Proc] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -177,7 +187,12 @@ def _read_procs() -> dict[int, tuple[int, str, float]]:
             continue
         comm = raw[raw.index("(") + 1 : raw.rindex(")")]
         fields = raw[raw.rindex(")") + 2 :].split()
-        out[int(entry.name)] = (int(fields[1]), comm, (int(fields[11]) + int(fields[12])) / CLK_TCK)
+        out[int(entry.name)] = Proc(
+            int(fields[1]),
+            comm,
+            (int(fields[11]) + int(fields[12])) / CLK_TCK,
+            (int(fields[13]) + int(fields[14])) / CLK_TCK,
+        )
     return out
 
 
@@ -207,13 +222,13 @@ def cpu_snapshot() -> CpuSnapshot:
     )
 
 
-def _descendants(procs: dict[int, tuple[int, str, float]], roots: Iterable[int]) -> set[int]:
+def _descendants(procs: dict[int, Proc], roots: Iterable[int]) -> set[int]:
     found = set(roots)
     changed = True
     while changed:
         changed = False
-        for pid, (ppid, _, _) in procs.items():
-            if ppid in found and pid not in found:
+        for pid, proc in procs.items():
+            if proc.ppid in found and pid not in found:
                 found.add(pid)
                 changed = True
     return found
@@ -231,9 +246,16 @@ def cpu_breakdown(
     wall = max(end.at - start.at, 1e-9)
     me = os.getpid()
     worker_pids = _descendants(end.procs, workers) - ({main} if main else set())
+    pg_pids = {pid for pid, proc in end.procs.items() if proc.comm == "postgres"}
     spent: dict[str, float] = defaultdict(float)
-    for pid, (_, comm, cpu) in end.procs.items():
-        delta = cpu - start.procs.get(pid, (0, "", 0.0))[2]
+    for pid, proc in end.procs.items():
+        before = start.procs.get(pid)
+        if proc.comm == "postgres" and proc.ppid not in pg_pids:
+            # the postmaster: backends that exited in the window (connection churn) end up
+            # in its reaped-children time
+            spent["pg_backends"] += proc.reaped - (before.reaped if before else 0.0)
+        delta = proc.cpu - (before.cpu if before else 0.0)
+        comm = proc.comm
         if delta <= 0:
             continue
         if pid in worker_pids:
@@ -312,6 +334,7 @@ class Bench:
             CONTACTO_EVENTS_STREAM=f"{namespace}:events",
             CONTACTO_SIMULATED_PREFIX=f"{namespace}:simgw",
             PYTHONUNBUFFERED="1",
+            BENCH_VARIANTS=self.args.variants or "",
             PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
         )
         return env
@@ -370,6 +393,7 @@ class Bench:
             "cpu_model": model,
             "mem_gb": mem_gb,
             "kernel": platform.release(),
+            "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
             "python": platform.python_version(),
             "postgresql": pg,
             "redis": info.get("redis_version"),
@@ -409,7 +433,7 @@ class Bench:
         )
         return {r["pid"] for r in rows}
 
-    async def db_xacts(self) -> tuple[int, int]:
+    async def db_xacts(self) -> tuple[int, int, int]:
         """Commits and rollbacks in the bench database, once every backend of it has exited
         (a backend flushes its counters when it exits)."""
         assert self.admin is not None
@@ -418,11 +442,11 @@ class Bench:
                 break
             await asyncio.sleep(0.02)
         row = await self.admin.fetchrow(
-            "SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = $1",
+            "SELECT xact_commit, xact_rollback, sessions FROM pg_stat_database WHERE datname = $1",
             self.db_name,
         )
         assert row is not None
-        return int(row["xact_commit"]), int(row["xact_rollback"])
+        return int(row["xact_commit"]), int(row["xact_rollback"]), int(row["sessions"])
 
     async def verify(self, phase: Phase) -> tuple[bool, dict[str, Any], dict[str, Any]]:
         """Exactly-once and exactness: one usage row per event, balances to the micro-unit."""
@@ -595,6 +619,7 @@ class Bench:
             "dead_lettered": dead,
             "pg_xact_commit": xacts1[0] - xacts0[0],
             "pg_xact_rollback": xacts1[1] - xacts0[1],
+            "pg_sessions": xacts1[2] - xacts0[2],
             "log": str(log),
         }
         if phase.accounts:
@@ -639,7 +664,7 @@ class Bench:
                 raise RuntimeError(f"phase timed out with {left + later} of {total} unacked")
             await asyncio.sleep(0.005 if start is None else 0.01)
         assert first is not None and cpu0 is not None
-        workers = {pid for pid, (ppid, _, _) in cpu1.procs.items() if ppid == proc.pid}
+        workers = {pid for pid, p in cpu1.procs.items() if p.ppid == proc.pid}
         cpu = cpu_breakdown(cpu0, cpu1, workers=workers, main=proc.pid, backends=backends)
         return {"first": first, "start": start, "end": end, "remaining": remaining, "cpu": cpu}
 
@@ -728,6 +753,7 @@ class Bench:
             "applied_reported": applied,
             "pg_xact_commit": xacts1[0] - xacts0[0],
             "pg_xact_rollback": xacts1[1] - xacts0[1],
+            "pg_sessions": xacts1[2] - xacts0[2],
             "log": str(log),
         }
         result.correct, result.checks, result.txns = await self.verify(phase)
@@ -892,12 +918,13 @@ def fmt_table(results: Sequence[Result]) -> str:
 def fmt_cpu(results: Sequence[Result]) -> str:
     cols = ["workers", "dramatiq_main", "pg_backends", "pg_other", "redis", "bench", "other",
             "idle"]  # fmt: skip
-    rows: list[Sequence[str]] = [("phase", *cols, "pg xacts", "rollbacks")]
+    rows: list[Sequence[str]] = [("phase", *cols, "pg xacts", "rollbacks", "sessions")]
     for r in results:
         rows.append((r.phase, *(f"{r.cpu_cores.get(c, 0.0):.2f}" for c in cols),
                      f"{r.notes.get('pg_xact_commit', 0):,}",
-                     f"{r.notes.get('pg_xact_rollback', 0):,}"))  # fmt: skip
-    return _grid(rows, right=set(range(1, len(cols) + 3)))
+                     f"{r.notes.get('pg_xact_rollback', 0):,}",
+                     f"{r.notes.get('pg_sessions', 0):,}"))  # fmt: skip
+    return _grid(rows, right=set(range(1, len(cols) + 4)))
 
 
 def _grid(rows: Sequence[Sequence[str]], right: set[int]) -> str:
@@ -951,6 +978,20 @@ def report(
         file=out,
     )
     print(fmt_cpu(results), file=out)
+    noisy = [(r.phase, r.cpu_cores.get("other", 0.0)) for r in results]
+    noisy = [(name, cores) for name, cores in noisy if cores > NOISE_CORES]
+    if noisy:
+        worst = max(noisy, key=lambda x: x[1])
+        print(
+            f"\nWARNING: processes outside the benchmark used CPU during {len(noisy)} phase(s) "
+            f"(up to {worst[1]:.2f} cores in {worst[0]}): those numbers are perturbed; "
+            f"rerun on a quiet machine (load average at start: {facts['loadavg']}).",
+            file=out,
+        )
+    if args.variants:
+        print(
+            f"\nEXPERIMENT: balance phases ran bench._variant_worker with {args.variants}", file=out
+        )
     if args.profile:
         print(
             f"\nNOTE: py-spy was attached (--profile {args.profile}); rates are perturbed.",
@@ -1016,6 +1057,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="attach py-spy to worker phases, raw folded stacks into DIR",
     )
     p.add_argument("--profile-gil", action="store_true", help="py-spy --gil")
+    p.add_argument(
+        "--variants",
+        help="EXPERIMENT: run the balance phases on bench._variant_worker with these patches "
+        "(see that module), e.g. held,merged",
+    )
     p.add_argument("--keep", action="store_true", help="keep the database, keys and logs")
     p.add_argument(
         "--pg-url",

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "common.cli.dlq",
     "common.cli.audit",
     "common.cli.events",
+    "common.cli.demo",
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -14,7 +15,7 @@ from common.publish import usage_batch_message, usage_message
 from config.broker import build_broker
 from config.settings import Settings
 from tests.support.factories import balance_and_ledger, create_account, event, new_id
-from tests.support.procs import dramatiq_worker, relay, running, worker_env
+from tests.support.procs import Proc, dramatiq_worker, relay, running, worker_env
 from tests.support.waiting import until
 
 pytestmark = pytest.mark.slow
@@ -174,7 +175,7 @@ async def test_killed_between_commit_and_publish_the_recharge_message_still_arri
     worker.wait_exit(timeout_s=30)
     worker.stop()
     # 2. The relay publishes and dies before marking the row sent.
-    first_relay = relay(crash_env)
+    first_relay = Proc([sys.executable, "-m", "workers.relay"], crash_env, "relay")
     assert first_relay.wait_exit(timeout_s=30) != 0
     first_relay.stop()
     charges = await _charge_messages(namespace)

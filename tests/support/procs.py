@@ -59,7 +59,9 @@ class Proc:
 
     def stop(self, timeout_s: float = 20) -> None:
         if self.popen.poll() is None:
-            self._signal_group(signal.SIGTERM)
+            # Only the parent: dramatiq forwards SIGTERM to its workers, and a worker that gets
+            # a second SIGTERM takes dramatiq's "kill" path, which can hang.
+            self.popen.send_signal(signal.SIGTERM)
             try:
                 self.popen.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
@@ -114,6 +116,7 @@ def dramatiq_worker(
 
 def relay(env: dict[str, str]) -> Proc:
     proc = Proc([sys.executable, "-m", "workers.relay"], env, "relay")
+    proc.wait_for("relay.started")
     return proc
 
 

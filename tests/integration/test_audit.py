@@ -1,0 +1,155 @@
+"""The audit catches each invariant broken on purpose (each test in a database of its own)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from common.audit import run_audit
+from common.balance_service import apply_submissions
+from common.cli.main import main
+from common.db.engine import create_engine, raw_connection
+from common.db.migrate import upgrade
+from config.settings import Settings, get_settings
+from tests.conftest import PG_ADMIN_URL
+from tests.support.factories import POLICY, create_account, event, new_id, submission
+
+
+@pytest.fixture
+async def fresh(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Any, Any, str]]:
+    """A migrated database holding one healthy account, and a connection to it."""
+    name = f"contacto_audit_{uuid.uuid4().hex[:10]}"
+    url = f"{PG_ADMIN_URL}/{name}"
+    settings = Settings(DATABASE_URL=url)  # type: ignore[call-arg]
+    await asyncio.to_thread(upgrade, settings)
+    engine = create_engine(settings, pool_size=2)
+    acct = new_id()
+    try:
+        async with raw_connection(engine) as conn:
+            await create_account(conn, acct, balance="100", threshold="50", recharge="25",
+                                 payment_method="pm_card_visa")
+            await apply_submissions(engine, POLICY, [submission(event(acct, "7.5"))])
+            assert all(r.ok for r in await run_audit(conn)), "healthy database must pass"
+            monkeypatch.setenv("DATABASE_URL", url)
+            get_settings.cache_clear()
+            yield engine, conn, acct
+    finally:
+        get_settings.cache_clear()
+        await engine.dispose()
+        admin = await asyncpg.connect(f"{PG_ADMIN_URL}/postgres")
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def failing(conn: Any) -> dict[str, list[dict[str, Any]]]:
+    return {r.name: r.offending for r in await run_audit(conn) if not r.ok}
+
+
+async def add_charge(conn: Any, acct: str, status: str, *, run_state: str = "succeeded",
+                     kind: str = "auto") -> int:
+    run_id = await conn.fetchval(
+        "INSERT INTO recharge_runs (account_id, kind, trigger, tier, recharge_amount, "
+        "max_charges, state, finished_at) VALUES ($1, $2, 'threshold', 0, 25, 10, $3, "
+        "CASE WHEN $3 IN ('pending', 'failing') THEN NULL ELSE now() END) RETURNING id",
+        acct, kind, run_state)
+    charge_id: int = await conn.fetchval(
+        "INSERT INTO charges (run_id, account_id, seq, amount, currency, idempotency_key, "
+        "status) VALUES ($1, $2, 1, 25, 'USD', $3, $4) RETURNING id",
+        run_id, acct, f"recharge-{run_id}-charge-1", status)
+    return charge_id
+
+
+async def test_balance_not_equal_to_ledger(fresh: Any) -> None:
+    _, conn, acct = fresh
+    await conn.execute("UPDATE accounts SET balance = balance + 1 WHERE id = $1", acct)
+    broken = await failing(conn)
+    assert list(broken) == ["balance_equals_ledger"]
+    assert broken["balance_equals_ledger"][0]["account_id"] == acct
+
+
+async def test_a_tampered_running_balance(fresh: Any) -> None:
+    _, conn, acct = fresh
+    await conn.execute("ALTER TABLE ledger_entries DISABLE TRIGGER ledger_entries_append_only")
+    await conn.execute("UPDATE ledger_entries SET balance_after = balance_after + 5 "
+                       "WHERE account_id = $1 AND kind = 'usage'", acct)
+    assert list(await failing(conn)) == ["ledger_running_balance"]
+
+
+async def test_a_usage_event_without_its_debit(fresh: Any) -> None:
+    _, conn, acct = fresh
+    await conn.execute("INSERT INTO usage_events (event_id, account_id, amount, occurred_at) "
+                       "VALUES ('lost-debit', $1, 2, now())", acct)
+    broken = await failing(conn)
+    assert list(broken) == ["usage_debited_once"]
+    assert broken["usage_debited_once"][0]["event_id"] == "lost-debit"
+
+
+async def test_a_succeeded_charge_never_credited_and_a_credit_without_charge(fresh: Any) -> None:
+    _, conn, acct = fresh
+    charge_id = await add_charge(conn, acct, "succeeded")
+    broken = await failing(conn)
+    assert list(broken) == ["charges_credited_once"]
+    assert broken["charges_credited_once"][0]["charge_id"] == charge_id
+    # Credited twice is just as wrong (the unique index forbids it: drop it to plant it).
+    await conn.execute("ALTER TABLE ledger_entries DROP CONSTRAINT ledger_entries_kind_reference_key")
+    for _ in range(2):
+        await conn.execute(
+            "INSERT INTO ledger_entries (account_id, amount, balance_after, kind, reference) "
+            "SELECT $1, 25, balance + 25, 'recharge', $2 FROM accounts WHERE id = $1",
+            acct, f"charge-{charge_id}")
+        await conn.execute("UPDATE accounts SET balance = balance + 25 WHERE id = $1", acct)
+    rows = (await failing(conn))["charges_credited_once"]
+    assert rows[0]["credits"] == 2
+
+
+async def test_two_runs_in_flight(fresh: Any) -> None:
+    _, conn, acct = fresh
+    await conn.execute("DROP INDEX recharge_runs_in_flight")
+    await add_charge(conn, acct, "pending", run_state="pending")
+    await add_charge(conn, acct, "pending", run_state="pending")
+    broken = await failing(conn)
+    assert "one_run_in_flight" in broken
+    assert broken["one_run_in_flight"][0]["in_flight"] == 2
+
+
+async def test_a_tier_that_the_charges_do_not_explain(fresh: Any) -> None:
+    _, conn, acct = fresh
+    await conn.execute("UPDATE accounts SET retry_tier = 2, last_failure_at = now() "
+                       "WHERE id = $1", acct)
+    assert list(await failing(conn)) == ["tier_matches_charges"]
+    # Two failed automatic attempts explain tier 2.
+    await add_charge(conn, acct, "failed", run_state="failed")
+    await add_charge(conn, acct, "failed", run_state="failed")
+    assert await failing(conn) == {}
+    # A suspended account must be at tier 4.
+    await conn.execute("UPDATE accounts SET status = 'suspended', suspended_at = now() "
+                       "WHERE id = $1", acct)
+    assert list(await failing(conn)) == ["tier_matches_charges"]
+
+
+async def test_a_stuck_charge_and_an_undrained_outbox(fresh: Any) -> None:
+    _, conn, acct = fresh
+    charge_id = await add_charge(conn, acct, "pending", run_state="pending")
+    await conn.execute("UPDATE charges SET updated_at = now() - interval '2 hours' "
+                       "WHERE id = $1", charge_id)
+    await conn.execute("INSERT INTO outbox (destination, target, actor_name, payload, "
+                       "deliver_at) VALUES ('queue', 'charges', 'run_recharge', '{}', "
+                       "now() - interval '10 minutes')")
+    assert sorted(await failing(conn)) == ["no_stuck_charges", "outbox_drained"]
+
+
+async def test_the_command_exits_non_zero_with_the_offending_rows(
+    fresh: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, conn, acct = fresh
+    assert await asyncio.to_thread(main, ["audit"]) == 0
+    assert "all invariants hold" in capsys.readouterr().out
+    await conn.execute("UPDATE accounts SET balance = balance - 3 WHERE id = $1", acct)
+    assert await asyncio.to_thread(main, ["audit", "--json"]) == 1
+    out = capsys.readouterr().out
+    assert '"ok": false' in out and acct in out and '"ledger_sum": "92.50"' in out
