@@ -35,6 +35,7 @@ from common.gateway import (
     TransientGatewayError,
 )
 from common.limits import LimitError, check_recharge_amount, effective_max
+from common.metrics import metrics
 from common.names import (
     ACTOR_RECORD_FAILURE,
     EVENT_RECHARGE_CAPPED,
@@ -303,6 +304,8 @@ async def run_to_completion(
                 raise
         if isinstance(step, RunFinished):
             bound.info("recharge.run_finished", state=step.state)
+            if step.state == "capped":
+                metrics().recharges.labels("capped").inc()
             return step.state
         charge_log = bound.bind(
             account_id=step.account_id,
@@ -315,12 +318,18 @@ async def run_to_completion(
             result = await gateway.charge(step.request())
         except TransientGatewayError as exc:
             charge_log.warning("charge.transient_error", error=str(exc))
+            metrics().gateway_errors.labels("transient").inc()
             raise
         except GatewayConfigError as exc:
             charge_log.error("gateway.misconfigured", error=str(exc))
+            metrics().gateway_errors.labels("config").inc()
             raise
         crash_point("charge.after_gateway")
         async with raw_connection(engine) as conn:
             outcome = await record_outcome(conn, step, result)
         charge_log.info("charge.recorded", outcome=outcome)
+        if outcome != "already_recorded":
+            metrics().charges.labels(outcome).inc()
+            if outcome == "succeeded":
+                metrics().recharges.labels("succeeded").inc()
         crash_point("charge.after_credit")

@@ -7,6 +7,10 @@ broker with every actor declared on it.
 
 from __future__ import annotations
 
+import os
+
+from dramatiq.middleware import Middleware
+
 from common.logging import configure_logging
 from config.broker import setup_broker
 from config.settings import get_settings
@@ -14,4 +18,12 @@ from workers._resources import ResourcesMiddleware
 
 settings = get_settings()
 configure_logging(settings.log_format)
-broker = setup_broker(settings, extra_middleware=[ResourcesMiddleware(settings)])
+middleware: list[Middleware] = [ResourcesMiddleware(settings)]
+# dramatiq's Prometheus middleware forks an exposition server on dramatiq_prom_port; only the
+# processes given a port of their own get one (the Procfile does), so tests and one-off workers
+# never fight over the default port.
+if os.environ.get("dramatiq_prom_port"):
+    from dramatiq.middleware.prometheus import Prometheus
+
+    middleware.append(Prometheus())
+broker = setup_broker(settings, extra_middleware=middleware)

@@ -20,6 +20,7 @@ from common.balance_service import Outcome, Submission, apply_submissions
 from common.crashpoints import crash_point
 from common.debits import Incoming
 from common.group_commit import GroupCommitter
+from common.metrics import metrics
 from common.names import ACTOR_RECORD_USAGE, ACTOR_RECORD_USAGE_BATCH, QUEUE_USAGE
 from common.recharge_start import PolicyConfig
 from common.usage import Decoded, decode_batch, decode_single
@@ -35,6 +36,7 @@ POLICY = PolicyConfig.from_settings(settings)
 
 
 async def _flush(subs: Sequence[Submission]) -> list[Outcome]:
+    metrics().usage_transaction_messages.observe(len(subs))
     return await apply_submissions(resources().engine, POLICY, subs)
 
 
@@ -59,6 +61,10 @@ async def _submit(decoded: Decoded, actor_name: str) -> None:
     )
     outcome = await _get_committer().submit(sub, size=max(1, sub.size))
     crash_point("balance.after_commit")  # committed, not yet acknowledged
+    m = metrics()
+    m.debits_applied.inc(outcome.applied)
+    m.debits_duplicate.inc(outcome.duplicates)
+    m.debits_rejected.inc(len(outcome.rejected))
     log.info(
         "usage.recorded",
         message_id=message_id,

@@ -15,16 +15,20 @@ from typing import Any
 
 import structlog
 from redis import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.db.engine import create_engine, raw_connection
 from common.logging import configure_logging
 from common.names import OUTBOX_CHANNEL
-from common.relay import Publisher, drain_once, prune_sent
+from common.metrics import metrics, serve
+from common.queues import queue_stats
+from common.relay import Publisher, drain_once, outbox_lag, prune_sent
 from config.broker import build_broker
 from config.settings import Settings, get_settings
 
 log = structlog.get_logger("workers.relay")
 PRUNE_EVERY_S = 3600.0
+GAUGES_EVERY_S = 5.0
 
 
 async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
@@ -36,7 +40,9 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
         stream_maxlen=settings.events_stream_maxlen,
     )
     wake = asyncio.Event()
-    last_prune = 0.0
+    last_prune = last_gauges = 0.0
+    if settings.metrics_port:
+        serve(settings.metrics_port)
     try:
         async with raw_connection(engine) as listener:
 
@@ -58,12 +64,34 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
                 if time.monotonic() - last_prune > PRUNE_EVERY_S:
                     last_prune = time.monotonic()
                     await prune_sent(engine)
+                if settings.metrics_port and time.monotonic() - last_gauges > GAUGES_EVERY_S:
+                    last_gauges = time.monotonic()
+                    await _update_gauges(engine, publisher, settings)
                 await _wait_any(wake, stop, settings.relay_poll_interval_s)
             await listener.remove_listener(OUTBOX_CHANNEL, on_notify)
     finally:
         publisher.redis.close()
         await engine.dispose()
         log.info("relay.stopped")
+
+
+async def _update_gauges(engine: AsyncEngine, publisher: Publisher, settings: Settings) -> None:
+    """Outbox lag and queue depth, for dashboards: the relay already holds both connections."""
+    try:
+        unsent, lag_s = await outbox_lag(engine)
+        stats = await asyncio.to_thread(
+            queue_stats, publisher.redis, settings.broker_namespace,
+            settings.broker_heartbeat_timeout_ms)
+    except Exception:
+        log.exception("metrics.update_failed")
+        return
+    m = metrics()
+    m.outbox_unsent.set(unsent)
+    m.outbox_lag_seconds.set(lag_s)
+    for q in stats:
+        for state in ("ready", "delayed", "in_flight", "dead"):
+            m.queue_messages.labels(q.queue, state).set(getattr(q, state))
+        m.queue_oldest_seconds.labels(q.queue).set(q.oldest_ready_age_s or 0)
 
 
 async def _wait_any(a: asyncio.Event, b: asyncio.Event, timeout_s: float) -> None:

@@ -14,6 +14,7 @@ import structlog
 from common.db.engine import raw_connection
 from common.ladder import recheck_tier as recheck
 from common.ladder import record_failure as handle_failure
+from common.metrics import metrics
 from common.names import ACTOR_RECHECK_TIER, ACTOR_RECORD_FAILURE, QUEUE_RETRIES
 from common.recharge_start import PolicyConfig
 from workers._broker import broker, settings  # noqa: F401  (declares the broker first)
@@ -28,6 +29,10 @@ async def record_failure(run_id: int) -> None:
     async with raw_connection(resources().engine) as conn:
         outcome = await handle_failure(conn, run_id, POLICY)
     log.info("ladder.failure_recorded", run_id=run_id, outcome=outcome)
+    if outcome != "already_handled":
+        metrics().recharges.labels("failed").inc()
+    if outcome == "suspended":
+        metrics().accounts_suspended.inc()
 
 
 @dramatiq.actor(actor_name=ACTOR_RECHECK_TIER, queue_name=QUEUE_RETRIES)
