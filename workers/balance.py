@@ -25,6 +25,7 @@ from common.names import ACTOR_RECORD_USAGE, ACTOR_RECORD_USAGE_BATCH, QUEUE_USA
 from common.recharge_start import PolicyConfig
 from common.usage import Decoded, decode_batch, decode_single
 from workers._broker import broker, settings  # noqa: F401  (declares the broker first)
+from workers._context import message_context
 from workers._resources import resources
 
 log = structlog.get_logger("workers.balance")
@@ -81,6 +82,7 @@ async def _submit(decoded: Decoded, actor_name: str) -> None:
 # Input errors never raise (they become rejected_usage rows); what raises is a real fault,
 # for which dramatiq retries the message with backoff.
 @dramatiq.actor(actor_name=ACTOR_RECORD_USAGE, queue_name=QUEUE_USAGE)
+@message_context()
 async def record_usage(*args: Any, **kwargs: Any) -> None:
     message = CurrentMessage.get_current_message()
     decoded = decode_single(
@@ -90,6 +92,7 @@ async def record_usage(*args: Any, **kwargs: Any) -> None:
 
 
 @dramatiq.actor(actor_name=ACTOR_RECORD_USAGE_BATCH, queue_name=QUEUE_USAGE)
+@message_context()
 async def record_usage_batch(*args: Any, **kwargs: Any) -> None:
     message = CurrentMessage.get_current_message()
     decoded = decode_batch(

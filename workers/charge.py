@@ -17,6 +17,7 @@ from common.gateway import GatewayConfigError
 from common.limits import LimitError
 from common.names import ACTOR_RUN_RECHARGE, QUEUE_CHARGES
 from workers._broker import broker, settings  # noqa: F401  (declares the broker first)
+from workers._context import message_context
 from workers._resources import gateway, resources
 
 LIMITS = ChargeLimits.from_settings(settings)
@@ -28,5 +29,6 @@ LIMITS = ChargeLimits.from_settings(settings)
     # Ours to fix, never the customer's: dead-letter at once instead of retrying.
     throws=(GatewayConfigError, LimitError),
 )
+@message_context(bind=("run_id",))
 async def run_recharge(run_id: int) -> None:
     await run_to_completion(resources().engine, gateway(), run_id, LIMITS)

@@ -18,6 +18,7 @@ from common.metrics import metrics
 from common.names import ACTOR_RECHECK_TIER, ACTOR_RECORD_FAILURE, QUEUE_RETRIES
 from common.recharge_start import PolicyConfig
 from workers._broker import broker, settings  # noqa: F401  (declares the broker first)
+from workers._context import message_context
 from workers._resources import resources
 
 log = structlog.get_logger("workers.retry")
@@ -25,6 +26,7 @@ POLICY = PolicyConfig.from_settings(settings)
 
 
 @dramatiq.actor(actor_name=ACTOR_RECORD_FAILURE, queue_name=QUEUE_RETRIES)
+@message_context(bind=("run_id",))
 async def record_failure(run_id: int) -> None:
     async with raw_connection(resources().engine) as conn:
         outcome = await handle_failure(conn, run_id, POLICY)
@@ -36,6 +38,7 @@ async def record_failure(run_id: int) -> None:
 
 
 @dramatiq.actor(actor_name=ACTOR_RECHECK_TIER, queue_name=QUEUE_RETRIES)
+@message_context(bind=("account_id",))
 async def recheck_tier(account_id: str) -> None:
     async with raw_connection(resources().engine) as conn:
         outcome = await recheck(conn, account_id, POLICY)
