@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -89,9 +88,7 @@ class Honcho:
         """The Procfile processes honcho started; each leads a process group of its own."""
         return [int(m.group("pid")) for m in _STARTED.finditer(self.output())]
 
-    def wait_ready(
-        self, expected: dict[str, tuple[str, int]], timeout_s: float, tick: Callable[[], None]
-    ) -> None:
+    def wait_ready(self, expected: dict[str, tuple[str, int]], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while True:
             seen: Counter[str] = Counter()
@@ -107,7 +104,6 @@ class Honcho:
             if time.monotonic() > deadline:
                 missing = ", ".join(n for n, (_t, c) in expected.items() if seen[n] < c)
                 raise DemoError(f"not ready after {timeout_s:g}s: {missing}\n{self.tail()}")
-            tick()
             time.sleep(0.1)
 
     def tail(self, lines: int = 25) -> str:

@@ -36,6 +36,14 @@ EmbeddedChoice = Literal["auto", "always", "never"]
 class DemoError(Exception):
     """The demo cannot go on; the message says why and what to do."""
 
+    exit_code = 1
+
+
+class ServiceUnavailable(DemoError):
+    """--embedded never, and DATABASE_URL or REDIS_URL does not answer."""
+
+    exit_code = 2
+
 
 def admin_url(database_url: str) -> str:
     """The same server, database `postgres`, in the plain form asyncpg.connect accepts."""

@@ -19,6 +19,7 @@ Ours:
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 QUEUE_USAGE: Final = "usage"
@@ -82,3 +83,18 @@ def acks_pattern(namespace: str, queue: str) -> str:
 
 def heartbeats_key(namespace: str) -> str:
     return f"{namespace}:__heartbeats__"
+
+
+def acks_prefix(namespace: str) -> str:
+    """Prefix of every `N:__acks__.<worker>.<queue>` set."""
+    return f"{namespace}:__acks__."
+
+
+def glob_escape(text: str) -> str:
+    """Escape SCAN/KEYS glob characters so a namespace is matched literally."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+def namespace_pattern(namespace: str) -> str:
+    """SCAN pattern for every key of a dramatiq namespace."""
+    return queue_key(glob_escape(namespace), "*")

@@ -8,7 +8,6 @@ accepted everywhere.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -109,20 +108,6 @@ def _canonical(queue: str) -> str:
     return queue[: -len(_DQ)] if queue.endswith(_DQ) else queue
 
 
-def _acks_prefix(namespace: str) -> str:
-    """Prefix of every `N:__acks__.<worker>.<queue>` set (names.py only has a per-queue glob)."""
-    return f"{namespace}:__acks__."
-
-
-def _glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
-
-
-def _namespace_pattern(namespace: str) -> str:
-    """SCAN pattern for every key of the namespace."""
-    return names.queue_key(_glob_escape(namespace), "*")
-
-
 def _queue_suffixes(namespace: str) -> list[str]:
     # names.py's builders applied to an empty queue name, longest first so that ".XQ.msgs" wins
     # over ".msgs". A ".DQ" list always has its ".DQ.msgs" hash, which _canonical folds.
@@ -142,9 +127,9 @@ class _Layout:
 def _scan(client: redis.Redis, namespace: str) -> _Layout:
     layout = _Layout(set(), {})
     ns_prefix = names.queue_key(namespace, "")
-    acks_prefix = _acks_prefix(namespace)
+    acks_prefix = names.acks_prefix(namespace)
     suffixes = _queue_suffixes(namespace)
-    for raw_key in client.scan_iter(match=_namespace_pattern(namespace), count=1000):
+    for raw_key in client.scan_iter(match=names.namespace_pattern(namespace), count=1000):
         key = _text(raw_key)
         if key.startswith(acks_prefix):
             # Worker ids are uuid4 strings, so the first dot ends the worker id.
@@ -238,7 +223,7 @@ def queue_stats(
 
 
 def dead_letter_queues(client: redis.Redis, namespace: str) -> list[str]:
-    pattern = names.dead_letter_key(_glob_escape(namespace), "*")
+    pattern = names.dead_letter_key(names.glob_escape(namespace), "*")
     # The key around the queue name, to cut the name back out of each key found.
     prefix, suffix = names.dead_letter_key(namespace, "\0").split("\0")
     found = {_text(k)[len(prefix) : -len(suffix)] for k in client.scan_iter(match=pattern)}
