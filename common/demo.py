@@ -115,7 +115,9 @@ class Demo:
             self.say(f"  PostgreSQL   {safe_url(url)} (DATABASE_URL answered)")
             return url
         if choice == "never":
-            raise ServiceUnavailable(f"DATABASE_URL {safe_url(configured_url)} does not answer: {reason}")
+            raise ServiceUnavailable(
+                f"DATABASE_URL {safe_url(configured_url)} does not answer: {reason}"
+            )
         pg = EmbeddedPostgres(self.state / "pg")
         self.stack.callback(self._stopped, "embedded PostgreSQL", pg.stop)
         started = time.monotonic()
@@ -134,7 +136,9 @@ class Demo:
             self.say(f"  Redis        {safe_url(configured_url)} (REDIS_URL answered)")
             return configured_url
         if choice == "never":
-            raise ServiceUnavailable(f"REDIS_URL {safe_url(configured_url)} does not answer: {reason}")
+            raise ServiceUnavailable(
+                f"REDIS_URL {safe_url(configured_url)} does not answer: {reason}"
+            )
         server = EmbeddedRedis(self.state / "redis", self.logs / "redis.log")
         self.stack.callback(self._stopped, "embedded Redis", server.stop)
         url = server.start()

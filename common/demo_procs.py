@@ -94,9 +94,9 @@ class Honcho:
             seen: Counter[str] = Counter()
             for line in self.output().splitlines():
                 match = _LINE.match(line)
-                if match and match["name"] in expected:
-                    if expected[match["name"]][0] in match["text"]:
-                        seen[match["name"]] += 1
+                name = match["name"] if match else None
+                if match and name in expected and expected[name][0] in match["text"]:
+                    seen[match["name"]] += 1
             if all(seen[name] >= count for name, (_text, count) in expected.items()):
                 return
             if not self.alive():

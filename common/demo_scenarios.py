@@ -148,7 +148,7 @@ async def declining_card_ladder(stage: Stage) -> None:
         else:
 
             async def suspended() -> bool:
-                return (await stage.account(LADDER))["status"] == "suspended"
+                return bool((await stage.account(LADDER))["status"] == "suspended")
 
             await stage.wait_for("the suspension", suspended)
 
@@ -201,7 +201,7 @@ async def summary(stage: Stage, accounts: list[str]) -> bool:
         stage.say(f"  audit FAILED: {bad or 'no accounts'}")
     faq = next((r for r in rows if r["id"] == FAQ), None)
     if faq is not None:
-        as_faq = faq["succeeded"] == 5 and faq["balance"] == Decimal(110)
+        as_faq = bool(faq["succeeded"] == 5 and faq["balance"] == Decimal(110))
         stage.say(
             f"  FAQ: {faq['succeeded']} charges of {money(R)}, balance {money(faq['balance'])}"
             + (" - as the FAQ describes" if as_faq else " - NOT what the FAQ describes")

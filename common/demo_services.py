@@ -84,7 +84,7 @@ async def _pg_answers(url: str) -> str | None:
     """None when PostgreSQL accepts a connection, else the reason."""
     try:
         conn = await asyncpg.connect(admin_url(url), timeout=2)
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, ValueError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError, ValueError) as exc:
         return f"{type(exc).__name__}: {exc}".strip().rstrip(":")
     await conn.close()
     return None
@@ -167,9 +167,9 @@ class EmbeddedPostgres:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset; pgserver copes with the fallback.
             warnings.simplefilter("ignore")
-            import pgserver
+            from pgserver.postgres_server import get_server
 
-            self.server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+            self.server = get_server(self.pgdata, cleanup_mode="stop")
         uri: str = self.server.get_uri(database)
         return uri
 

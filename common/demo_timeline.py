@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -102,9 +102,9 @@ class Timeline:
         return datetime.now(UTC) + self.skew
 
     def _add(self, at: datetime, account: str, what: str, amount: str, balance: str,
-             detail: str, **effect: Any) -> None:  # fmt: skip
+             detail: str, effect: dict[str, Any] | None = None) -> None:  # fmt: skip
         self._order += 1
-        line = Line(at, self._order, account, what, amount, balance, detail, effect)
+        line = Line(at, self._order, account, what, amount, balance, detail, effect or {})
         self._pending.append(line)
 
     async def pump(self, *, flush: bool = False) -> None:
@@ -155,7 +155,7 @@ class Timeline:
                 continue  # the credit commits with the status; not visible yet on this read
             self._seen_charges.add(row["id"])
             effect = {"tier": 0} if row["status"] == "succeeded" else {}
-            self._add(row["updated_at"], row["account_id"], "charge", *self._charge(row), **effect)
+            self._add(row["updated_at"], row["account_id"], "charge", *self._charge(row), effect)
         await self._collect_events()
 
     def _charge(self, row: asyncpg.Record) -> tuple[str, str, str]:
@@ -169,7 +169,8 @@ class Timeline:
 
     async def _collect_events(self) -> None:
         start = "-" if self._last_event == "0-0" else f"({self._last_event}"
-        entries = await self.redis.xrange(self.stream, min=start, count=1000)
+        raw = await self.redis.xrange(self.stream, min=start, count=1000)
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]], raw or [])
         for entry_id, fields in entries:
             self._last_event = entry_id.decode()
             kind = fields.get(b"type", b"").decode()
@@ -181,7 +182,7 @@ class Timeline:
             account = str(data.get("account_id", "-"))
             balance = money(data["balance"]) if data.get("balance") is not None else ""
             detail, effect = _event_detail(kind, data)
-            self._add(at, account, "event", "", balance, detail, **effect)
+            self._add(at, account, "event", "", balance, detail, effect)
 
 
 def _event_detail(kind: str, data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -196,9 +197,7 @@ def _event_detail(kind: str, data: dict[str, Any]) -> tuple[str, dict[str, Any]]
             }
         return f"{kind}  {data.get('kind', '')} recharge {data.get('code', '')}", {}
     if kind == "account.suspended":
-        return f"{kind}  SUSPENDED until a new card or a manual recharge", {
-            "status": "suspended"
-        }
+        return f"{kind}  SUSPENDED until a new card or a manual recharge", {"status": "suspended"}
     if kind == "account.reactivated":
         return f"{kind}  back above zero", {"status": "active"}
     if kind == "recharge.succeeded":
