@@ -111,27 +111,66 @@ class Honcho:
         return "\n".join(f"    {line}" for line in text) + f"\n    (full log: {self.log})"
 
     def stop(self, timeout_s: float = 20) -> float:
-        """Stop everything honcho started; returns the seconds it took."""
+        """Stop every Procfile process, gracefully; returns the seconds it took.
+
+        Not by signalling honcho: honcho SIGTERMs each process *group*, so every dramatiq
+        worker gets SIGTERM twice (from honcho, then forwarded by its main process), takes
+        dramatiq's "kill" path, hangs, and is SIGKILLed by honcho 5 s later. Instead honcho is
+        paused (its output readers keep running), each group gets SIGINT (dramatiq's main
+        process turns it into one SIGTERM per worker, and the workers ignore SIGINT; the relay
+        stops on SIGINT), and honcho resumes once they are gone: it finds them all stopped.
+        """
         started = time.monotonic()
-        children = self.child_pids()
-        if self.alive():
-            # Only honcho: it SIGTERMs each process group itself. Signalling the workers too
-            # would give them a second SIGTERM, which sends dramatiq down its "kill" path.
-            with contextlib.suppress(ProcessLookupError):
-                self.popen.send_signal(signal.SIGTERM)
+        groups = self.child_pids()
+        if self.alive() and groups:
+            _signal(self.popen.pid, signal.SIGSTOP)
             try:
-                self.popen.wait(timeout=timeout_s)
+                for pgid in groups:
+                    _signal_group(pgid, signal.SIGINT)
+                _wait_groups_gone(groups, timeout_s)
+                for pgid in groups:  # what did not stop in time
+                    _signal_group(pgid, signal.SIGKILL)
+            finally:
+                _signal(self.popen.pid, signal.SIGCONT)
+        try:
+            self.popen.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            _signal(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=HONCHO_KILL_WAIT_S + 5)
             except subprocess.TimeoutExpired:
-                _killpg(self.popen.pid)
+                _signal_group(self.popen.pid, signal.SIGKILL)
                 self.popen.wait(timeout=5)
-        # Leftovers: honcho itself was killed, or a worker outlived its group leader.
-        _killpg(self.popen.pid)
-        for pid in children:
-            _killpg(pid)
+        # Leftovers: honcho's own helper processes, or processes started after we looked.
+        for pgid in [self.popen.pid, *groups, *self.child_pids()]:
+            _signal_group(pgid, signal.SIGKILL)
         self._handle.close()
         return time.monotonic() - started
 
 
-def _killpg(pgid: int) -> None:
+def _wait_groups_gone(groups: list[int], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not any(_group_exists(pgid) for pgid in groups):
+            return
+        time.sleep(0.05)
+
+
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(pgid, sig)

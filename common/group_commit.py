@@ -65,7 +65,8 @@ class GroupCommitter(Generic[Work, Result]):
             task.add_done_callback(self._tasks.discard)
 
     def _take_group(self) -> list[_Pending[Work, Result]]:
-        group, size = [], 0
+        group: list[_Pending[Work, Result]] = []
+        size = 0
         while self._queue and (not group or size + self._queue[0].size <= self._max_group_size):
             item = self._queue.pop(0)
             group.append(item)

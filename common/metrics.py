@@ -20,40 +20,59 @@ class Metrics:
         import prometheus_client as prom
 
         self.debits_applied = prom.Counter(
-            "contacto_debits_applied_total", "Usage events debited (once per event id).")
+            "contacto_debits_applied_total", "Usage events debited (once per event id)."
+        )
         self.debits_duplicate = prom.Counter(
-            "contacto_debits_duplicate_total", "Usage deliveries ignored: event id already seen.")
+            "contacto_debits_duplicate_total", "Usage deliveries ignored: event id already seen."
+        )
         self.debits_rejected = prom.Counter(
-            "contacto_debits_rejected_total", "Usage events kept in rejected_usage with a reason.")
+            "contacto_debits_rejected_total", "Usage events kept in rejected_usage with a reason."
+        )
         self.usage_transaction_messages = prom.Histogram(
             "contacto_usage_transaction_messages",
             "Usage messages committed per group-commit transaction.",
-            buckets=TRANSACTION_BUCKETS)
+            buckets=TRANSACTION_BUCKETS,
+        )
         self.charges = prom.Counter(
-            "contacto_charges_total", "Gateway charges recorded, by status.", ["status"])
+            "contacto_charges_total", "Gateway charges recorded, by status.", ["status"]
+        )
         self.recharges = prom.Counter(
             "contacto_recharges_total",
             "Recharge outcomes: succeeded (a charge credited), failed (an attempt failed), "
-            "capped (a run stopped at its safety cap).", ["outcome"])
+            "capped (a run stopped at its safety cap).",
+            ["outcome"],
+        )
         self.gateway_errors = prom.Counter(
             "contacto_gateway_errors_total",
             "Gateway calls that raised: transient (retried, same key) or config (ours).",
-            ["kind"])
+            ["kind"],
+        )
         self.accounts_suspended = prom.Counter(
-            "contacto_accounts_suspended_total", "Accounts suspended after the 0 % attempt.")
+            "contacto_accounts_suspended_total", "Accounts suspended after the 0 % attempt."
+        )
         # Gauges below are set by the relay process only (it is not a dramatiq worker).
         self.outbox_unsent = prom.Gauge(
-            "contacto_outbox_unsent", "Outbox rows committed but not yet published.",
-            multiprocess_mode="max")
+            "contacto_outbox_unsent",
+            "Outbox rows committed but not yet published.",
+            multiprocess_mode="max",
+        )
         self.outbox_lag_seconds = prom.Gauge(
-            "contacto_outbox_lag_seconds", "Age of the oldest unpublished outbox row.",
-            multiprocess_mode="max")
+            "contacto_outbox_lag_seconds",
+            "Age of the oldest unpublished outbox row.",
+            multiprocess_mode="max",
+        )
         self.queue_messages = prom.Gauge(
-            "contacto_queue_messages", "Messages per queue and state "
-            "(ready, delayed, in_flight, dead).", ["queue", "state"], multiprocess_mode="max")
+            "contacto_queue_messages",
+            "Messages per queue and state (ready, delayed, in_flight, dead).",
+            ["queue", "state"],
+            multiprocess_mode="max",
+        )
         self.queue_oldest_seconds = prom.Gauge(
-            "contacto_queue_oldest_message_seconds", "Age of the oldest ready message per queue.",
-            ["queue"], multiprocess_mode="max")
+            "contacto_queue_oldest_message_seconds",
+            "Age of the oldest ready message per queue.",
+            ["queue"],
+            multiprocess_mode="max",
+        )
 
 
 def metrics() -> Metrics:

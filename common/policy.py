@@ -178,7 +178,7 @@ def single_charge_amount(
 ) -> Decimal:
     """Smallest k*R with balance + k*R >= target; the largest multiple within max otherwise."""
     multiples = max(1, ceil_div(target - balance, recharge_amount))
-    affordable = max(1, max_amount // recharge_amount)
+    affordable = max(1, int(max_amount // recharge_amount))
     return recharge_amount * min(multiples, affordable)
 
 

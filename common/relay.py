@@ -13,6 +13,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import dramatiq
@@ -55,7 +56,7 @@ class Publisher:
         payload = json.loads(row["payload"])
         if row["destination"] == DEST_QUEUE:
             delay_ms = max(0, int((row["deliver_at"] - row["db_now"]).total_seconds() * 1000))
-            message = dramatiq.Message(
+            message: dramatiq.Message[Any] = dramatiq.Message(
                 queue_name=row["target"],
                 actor_name=row["actor_name"],
                 args=(),

@@ -63,7 +63,7 @@ def build_broker(
         kwargs["client"] = client
     else:
         kwargs["url"] = settings.redis_url
-    return RedisBroker(**kwargs)
+    return RedisBroker(**kwargs)  # type: ignore[no-untyped-call]
 
 
 def setup_broker(

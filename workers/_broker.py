@@ -22,7 +22,7 @@ middleware: list[Middleware] = [ResourcesMiddleware(settings)]
 # dramatiq's Prometheus middleware forks an exposition server on dramatiq_prom_port; only the
 # processes given a port of their own get one (the Procfile does), so tests and one-off workers
 # never fight over the default port.
-if os.environ.get("dramatiq_prom_port"):
+if os.environ.get("dramatiq_prom_port"):  # noqa: SIM112 - dramatiq names it so
     from dramatiq.middleware.prometheus import Prometheus
 
     middleware.append(Prometheus())

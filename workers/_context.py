@@ -17,8 +17,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def message_context(**static: Any) -> Callable[[Callable[P, Awaitable[R]]],
-                                               Callable[P, Awaitable[R]]]:
+def message_context(
+    **static: Any,
+) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
     """Bind message_id, actor, retries and the given keyword arguments (e.g. run_id)."""
 
     def decorate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:

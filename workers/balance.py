@@ -49,9 +49,13 @@ def _get_committer() -> GroupCommitter[Submission, Outcome]:
     return _committer
 
 
-async def _submit(decoded: Decoded, actor_name: str) -> None:
+def _message_id() -> str | None:
     message = CurrentMessage.get_current_message()
-    message_id = message.message_id if message is not None else None
+    return message.message_id if message is not None else None
+
+
+async def _submit(decoded: Decoded, actor_name: str) -> None:
+    message_id = _message_id()
     sub = Submission(
         message_id=message_id,
         items=[
@@ -84,18 +88,14 @@ async def _submit(decoded: Decoded, actor_name: str) -> None:
 @dramatiq.actor(actor_name=ACTOR_RECORD_USAGE, queue_name=QUEUE_USAGE)
 @message_context()
 async def record_usage(*args: Any, **kwargs: Any) -> None:
-    message = CurrentMessage.get_current_message()
-    decoded = decode_single(
-        args, kwargs, message_id=message and message.message_id, actor_name=ACTOR_RECORD_USAGE
-    )
+    decoded = decode_single(args, kwargs, message_id=_message_id(), actor_name=ACTOR_RECORD_USAGE)
     await _submit(decoded, ACTOR_RECORD_USAGE)
 
 
 @dramatiq.actor(actor_name=ACTOR_RECORD_USAGE_BATCH, queue_name=QUEUE_USAGE)
 @message_context()
 async def record_usage_batch(*args: Any, **kwargs: Any) -> None:
-    message = CurrentMessage.get_current_message()
     decoded = decode_batch(
-        args, kwargs, message_id=message and message.message_id, actor_name=ACTOR_RECORD_USAGE_BATCH
+        args, kwargs, message_id=_message_id(), actor_name=ACTOR_RECORD_USAGE_BATCH
     )
     await _submit(decoded, ACTOR_RECORD_USAGE_BATCH)

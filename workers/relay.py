@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.db.engine import create_engine, raw_connection
 from common.logging import configure_logging
-from common.names import OUTBOX_CHANNEL
 from common.metrics import metrics, serve
+from common.names import OUTBOX_CHANNEL
 from common.queues import queue_stats
 from common.relay import Publisher, drain_once, outbox_lag, prune_sent
 from config.broker import build_broker
@@ -80,8 +80,11 @@ async def _update_gauges(engine: AsyncEngine, publisher: Publisher, settings: Se
     try:
         unsent, lag_s = await outbox_lag(engine)
         stats = await asyncio.to_thread(
-            queue_stats, publisher.redis, settings.broker_namespace,
-            settings.broker_heartbeat_timeout_ms)
+            queue_stats,
+            publisher.redis,
+            settings.broker_namespace,
+            settings.broker_heartbeat_timeout_ms,
+        )
     except Exception:
         log.exception("metrics.update_failed")
         return

@@ -20,9 +20,20 @@ def _audit(args: argparse.Namespace) -> int:
     results = run(with_conn(lambda c: run_audit(c, args.limit)))
     ok = all(r.ok for r in results)
     if args.json:
-        print_json({"ok": ok, "checks": [
-            {"name": r.name, "ok": r.ok, "description": r.description,
-             "offending": r.offending} for r in results]})
+        print_json(
+            {
+                "ok": ok,
+                "checks": [
+                    {
+                        "name": r.name,
+                        "ok": r.ok,
+                        "description": r.description,
+                        "offending": r.offending,
+                    }
+                    for r in results
+                ],
+            }
+        )
         return 0 if ok else 1
     for r in results:
         print(f"{'OK  ' if r.ok else 'FAIL'}  {r.name:<24} {r.description}")

@@ -43,7 +43,7 @@ def render(event: dict[str, Any]) -> str:
 
 def _tail(args: argparse.Namespace) -> int:
     settings = get_settings()
-    client = redis.Redis.from_url(settings.redis_url)
+    client: Any = redis.Redis.from_url(settings.redis_url)
     try:
         entries = client.xrevrange(settings.events_stream, count=args.count)
     except redis.ConnectionError as exc:

@@ -33,5 +33,5 @@ async def raw_connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connectio
     """
     async with engine.connect() as sa_conn:
         raw = await sa_conn.get_raw_connection()
-        driver: asyncpg.Connection[Any] = raw.driver_connection  # type: ignore[assignment]
+        driver: asyncpg.Connection[Any] = raw.driver_connection
         yield driver

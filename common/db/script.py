@@ -11,4 +11,4 @@ def execute_script(sql: str) -> None:
     # several statements (and dollar-quoted function bodies) in one string.
     raw = op.get_bind().connection.dbapi_connection
     assert raw is not None
-    await_only(raw.driver_connection.execute(sql))  # type: ignore[attr-defined]
+    await_only(raw.driver_connection.execute(sql))

@@ -76,7 +76,7 @@ async def test_duplicate_deliveries_racing_across_two_processes_debit_once(
         dramatiq_worker("workers.balance", "usage", worker_env(namespace), processes=2, threads=8)
     ):
         await until(lambda: _queue_drained(namespace), bool, timeout_s=60, what="queue drained")
-    balance, total, rows = await balance_and_ledger(conn, acct)
+    balance, total, _ = await balance_and_ledger(conn, acct)
     assert balance == total == Decimal(1000) - 300 * Decimal("1.5")
     assert await ledger_rows(conn, acct) == 300
 

@@ -33,22 +33,29 @@ async def test_worker_and_relay_metrics(conn: Any, namespace: str, tmp_path: Any
     acct = new_id()
     await create_account(conn, acct, balance="10")
     worker_port, relay_port = free_port(), free_port()
-    env = worker_env(namespace, dramatiq_prom_port=str(worker_port),
-                     dramatiq_prom_db=str(tmp_path / "prom"))
+    env = worker_env(
+        namespace, dramatiq_prom_port=str(worker_port), dramatiq_prom_db=str(tmp_path / "prom")
+    )
     broker = build_broker(Settings(CONTACTO_BROKER_NAMESPACE=namespace))  # type: ignore[call-arg]
     ev = event(acct, "1")
     for message in (ev, ev, event(acct, "2"), dict(ev, event_id="bad", amount=3)):
         broker.enqueue(usage_message(message))
     relay_env = worker_env(namespace, CONTACTO_METRICS_PORT=str(relay_port))
     with running(relay(relay_env)):
-        text = await until(lambda: _scrape_async(relay_port),
-                           lambda t: 'contacto_queue_messages{queue="usage",state="ready"} 4.0'
-                           in t, timeout_s=20, what="relay queue gauges")
+        text = await until(
+            lambda: _scrape_async(relay_port),
+            lambda t: 'contacto_queue_messages{queue="usage",state="ready"} 4.0' in t,
+            timeout_s=20,
+            what="relay queue gauges",
+        )
         assert sample(text, "contacto_outbox_unsent") is not None
         with running(dramatiq_worker("workers.balance", "usage", env, threads=4)):
-            text = await until(lambda: _scrape_async(worker_port),
-                               lambda t: sample(t, "contacto_debits_applied_total") == 2,
-                               timeout_s=20, what="debit counters")
+            text = await until(
+                lambda: _scrape_async(worker_port),
+                lambda t: sample(t, "contacto_debits_applied_total") == 2,
+                timeout_s=20,
+                what="debit counters",
+            )
     assert sample(text, "contacto_debits_duplicate_total") == 1
     assert sample(text, "contacto_debits_rejected_total") == 1
     assert 'dramatiq_messages_total{actor_name="record_usage",queue_name="usage"} 4.0' in text

@@ -36,8 +36,11 @@ async def sim_prefix(settings: Settings) -> AsyncIterator[str]:
 
 
 def stack_env(namespace: str, sim_prefix: str, **extra: str) -> dict[str, str]:
-    base = {"CONTACTO_SIMULATED_PREFIX": sim_prefix, "MIN_RECHARGE_AMOUNT": "20",
-            "RETRY_MIN_INTERVAL_SECONDS": "1"}
+    base = {
+        "CONTACTO_SIMULATED_PREFIX": sim_prefix,
+        "MIN_RECHARGE_AMOUNT": "20",
+        "RETRY_MIN_INTERVAL_SECONDS": "1",
+    }
     return worker_env(namespace, **{**base, **extra})
 
 
@@ -59,14 +62,23 @@ def processes(env: dict[str, str], *names: str) -> Iterator[dict[str, Proc]]:
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "common.cli.main", *args], env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "common.cli.main", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 async def charge_rows(conn: Any, account: str) -> list[Any]:
-    return list(await conn.fetch(
-        "SELECT id, status, idempotency_key, amount, gateway_calls, failure_code FROM charges "
-        "WHERE account_id = $1 ORDER BY id", account))
+    return list(
+        await conn.fetch(
+            "SELECT id, status, idempotency_key, amount, gateway_calls, failure_code FROM charges "
+            "WHERE account_id = $1 ORDER BY id",
+            account,
+        )
+    )
 
 
 async def account(conn: Any, account_id: str) -> Any:
@@ -81,7 +93,8 @@ async def assert_exactly_once(conn: Any, settings: Settings, prefix: str, acct: 
             moved = await sim.charges_made(c["idempotency_key"])
             credits = await conn.fetchval(
                 "SELECT count(*) FROM ledger_entries WHERE kind = 'recharge' AND reference = $1",
-                f"charge-{c['id']}")
+                f"charge-{c['id']}",
+            )
             expected = 1 if c["status"] == "succeeded" else 0
             assert (moved, credits) == (expected, expected), c["idempotency_key"]
     finally:
@@ -95,35 +108,49 @@ async def test_faq_example_and_the_ladder_through_every_process(
 ) -> None:
     env = stack_env(namespace, sim_prefix)
     faq, ladder = new_id("faq"), new_id("ladder")
-    await create_account(conn, faq, balance="100", threshold="100", recharge="20",
-                         payment_method="pm_card_visa")
-    await create_account(conn, ladder, balance="100", threshold="100", recharge="20",
-                         payment_method="pm_card_chargeDeclined")
+    await create_account(
+        conn, faq, balance="100", threshold="100", recharge="20", payment_method="pm_card_visa"
+    )
+    await create_account(
+        conn,
+        ladder,
+        balance="100",
+        threshold="100",
+        recharge="20",
+        payment_method="pm_card_chargeDeclined",
+    )
     broker = build_broker(Settings(CONTACTO_BROKER_NAMESPACE=namespace))  # type: ignore[call-arg]
     with processes(env, "relay", "balance", "charge", "retry"):
         broker.enqueue(usage_message(event(faq, "90")))
-        await until(lambda: balance_and_ledger(conn, faq), lambda b: b[0] == 110,
-                    what="FAQ: five charges")
+        await until(
+            lambda: balance_and_ledger(conn, faq), lambda b: b[0] == 110, what="FAQ: five charges"
+        )
         assert [c["status"] for c in await charge_rows(conn, faq)] == ["succeeded"] * 5
         # One big spend, then nothing: the retry worker's delayed re-checks walk the ladder
         # on their own down to the 0 % tier, which waits for the balance to reach 0.
         broker.enqueue(usage_message(event(ladder, "95")))
-        await until(lambda: account(conn, ladder), lambda a: a["retry_tier"] == 4,
-                    timeout_s=60, what="tier 4 armed")
+        await until(
+            lambda: account(conn, ladder),
+            lambda a: a["retry_tier"] == 4,
+            timeout_s=60,
+            what="tier 4 armed",
+        )
         assert len(await charge_rows(conn, ladder)) == 4
         broker.enqueue(usage_message(event(ladder, "10")))
-        await until(lambda: account(conn, ladder), lambda a: a["status"] == "suspended",
-                    what="suspension")
-        assert [c["failure_code"] for c in await charge_rows(conn, ladder)] == [
-            "card_declined"] * 5
+        await until(
+            lambda: account(conn, ladder), lambda a: a["status"] == "suspended", what="suspension"
+        )
+        assert [c["failure_code"] for c in await charge_rows(conn, ladder)] == ["card_declined"] * 5
         result = cli(env, "accounts", "card", ladder, "--payment-method", "pm_card_visa")
         assert result.returncode == 0, result.stderr
         assert "recharge attempt started" in result.stdout
-        row = await until(lambda: account(conn, ladder), lambda a: a["status"] == "active",
-                          what="reactivation")
+        row = await until(
+            lambda: account(conn, ladder), lambda a: a["status"] == "active", what="reactivation"
+        )
         assert row["retry_tier"] == 0
-        await until(lambda: balance_and_ledger(conn, ladder), lambda b: b[0] >= 100,
-                    what="back above T")
+        await until(
+            lambda: balance_and_ledger(conn, ladder), lambda b: b[0] >= 100, what="back above T"
+        )
         # A manual recharge, waited for on the command line.
         result = cli(env, "accounts", "recharge", faq, "--amount", "50", "--wait")
         assert result.returncode == 0, result.stderr
@@ -134,16 +161,26 @@ async def test_faq_example_and_the_ladder_through_every_process(
 
 
 @pytest.mark.parametrize(
-    "crash_at", ["charge.before_gateway", "charge.after_gateway", "charge.after_credit"])
+    "crash_at", ["charge.before_gateway", "charge.after_gateway", "charge.after_credit"]
+)
 async def test_sigkill_at_each_step_of_a_charge_ends_with_one_charge_and_one_credit(
-    conn: Any, namespace: str, sim_prefix: str, settings: Settings, tmp_path: Any,
+    conn: Any,
+    namespace: str,
+    sim_prefix: str,
+    settings: Settings,
+    tmp_path: Any,
     crash_at: str,
 ) -> None:
     acct = new_id()
-    await create_account(conn, acct, balance="100", threshold="100", recharge="20",
-                         payment_method="pm_card_visa")
-    env = stack_env(namespace, sim_prefix, CONTACTO_CRASH_AT=crash_at,
-                    CONTACTO_CRASH_MARKER=str(tmp_path / "crash"))
+    await create_account(
+        conn, acct, balance="100", threshold="100", recharge="20", payment_method="pm_card_visa"
+    )
+    env = stack_env(
+        namespace,
+        sim_prefix,
+        CONTACTO_CRASH_AT=crash_at,
+        CONTACTO_CRASH_MARKER=str(tmp_path / "crash"),
+    )
     broker = build_broker(Settings(CONTACTO_BROKER_NAMESPACE=namespace))  # type: ignore[call-arg]
     with processes(env, "relay", "balance"):
         broker.enqueue(usage_message(event(acct, "90")))
@@ -153,11 +190,16 @@ async def test_sigkill_at_each_step_of_a_charge_ends_with_one_charge_and_one_cre
         assert (tmp_path / f"crash.{crash_at}").exists()
         rows = await charge_rows(conn, acct)
         assert len(rows) == 1
-        assert rows[0]["status"] == ("succeeded" if crash_at == "charge.after_credit"
-                                     else "pending")
+        assert rows[0]["status"] == (
+            "succeeded" if crash_at == "charge.after_credit" else "pending"
+        )
         with processes(env, "charge"):  # the message comes back after the heartbeat timeout
-            await until(lambda: balance_and_ledger(conn, acct), lambda b: b[0] == 110,
-                        timeout_s=60, what="run completed after the crash")
+            await until(
+                lambda: balance_and_ledger(conn, acct),
+                lambda b: b[0] == 110,
+                timeout_s=60,
+                what="run completed after the crash",
+            )
     rows = await charge_rows(conn, acct)
     assert [c["status"] for c in rows] == ["succeeded"] * 5
     if crash_at != "charge.after_credit":
@@ -169,18 +211,31 @@ async def test_gateway_timeouts_and_lost_responses_never_charge_twice(
     conn: Any, namespace: str, sim_prefix: str, settings: Settings
 ) -> None:
     acct = new_id()
-    await create_account(conn, acct, balance="100", threshold="100", recharge="20",
-                         payment_method="pm_card_visa")
+    await create_account(
+        conn, acct, balance="100", threshold="100", recharge="20", payment_method="pm_card_visa"
+    )
     client = aioredis.Redis.from_url(settings.redis_url)
-    await inject_faults(client, sim_prefix, "lost_response", "timeout", "lost_response",
-                        "rate_limit", "server_error", "lost_response")
+    await inject_faults(
+        client,
+        sim_prefix,
+        "lost_response",
+        "timeout",
+        "lost_response",
+        "rate_limit",
+        "server_error",
+        "lost_response",
+    )
     await client.aclose()
     env = stack_env(namespace, sim_prefix)
     broker = build_broker(Settings(CONTACTO_BROKER_NAMESPACE=namespace))  # type: ignore[call-arg]
     with processes(env, "relay", "balance", "charge"):
         broker.enqueue(usage_message(event(acct, "90")))
-        await until(lambda: balance_and_ledger(conn, acct), lambda b: b[0] == 110,
-                    timeout_s=90, what="run completed through the faults")
+        await until(
+            lambda: balance_and_ledger(conn, acct),
+            lambda b: b[0] == 110,
+            timeout_s=90,
+            what="run completed through the faults",
+        )
     rows = await charge_rows(conn, acct)
     assert len(rows) == 5 and sum(c["gateway_calls"] for c in rows) == 5 + 6
     await assert_exactly_once(conn, settings, sim_prefix, acct)
@@ -191,25 +246,42 @@ async def test_the_stripe_gateway_end_to_end_against_localstripe(
     conn: Any, namespace: str, sim_prefix: str
 ) -> None:
     with localstripe.run_localstripe() as ls:
-        env = stack_env(namespace, sim_prefix, PAYMENT_GATEWAY="stripe",
-                        RETRY_MIN_INTERVAL_SECONDS="3600",
-                        STRIPE_API_KEY=ls.api_key, STRIPE_API_BASE=ls.api_base)
+        env = stack_env(
+            namespace,
+            sim_prefix,
+            PAYMENT_GATEWAY="stripe",
+            RETRY_MIN_INTERVAL_SECONDS="3600",
+            STRIPE_API_KEY=ls.api_key,
+            STRIPE_API_BASE=ls.api_base,
+        )
         good, bad = new_id("stripe"), new_id("stripe-decline")
         for acct in (good, bad):
             await create_account(conn, acct, balance="100", threshold="100", recharge="20")
-        assert cli(env, "accounts", "card", good, "--payment-method", "pm_card_visa"
-                   ).returncode == 0
+        assert (
+            cli(env, "accounts", "card", good, "--payment-method", "pm_card_visa").returncode == 0
+        )
         # 4000000000000341: attaches, then declines at charge time.
-        assert cli(env, "accounts", "card", bad, "--payment-method",
-                   "pm_card_chargeCustomerFail").returncode == 0
+        assert (
+            cli(
+                env, "accounts", "card", bad, "--payment-method", "pm_card_chargeCustomerFail"
+            ).returncode
+            == 0
+        )
         broker = build_broker(Settings(CONTACTO_BROKER_NAMESPACE=namespace))  # type: ignore[call-arg]
         with processes(env, "relay", "balance", "charge", "retry") as procs:
             broker.enqueue(usage_message(event(good, "90")))
             broker.enqueue(usage_message(event(bad, "90")))
-            await until(lambda: balance_and_ledger(conn, good), lambda b: b[0] == 110,
-                        timeout_s=60, what="stripe: five charges")
-            row = await until(lambda: account(conn, bad), lambda a: a["retry_tier"] == 1,
-                              what="stripe decline arms tier 1")
+            await until(
+                lambda: balance_and_ledger(conn, good),
+                lambda b: b[0] == 110,
+                timeout_s=60,
+                what="stripe: five charges",
+            )
+            row = await until(
+                lambda: account(conn, bad),
+                lambda a: a["retry_tier"] == 1,
+                what="stripe decline arms tier 1",
+            )
             assert row["status"] == "active"
             assert "sk_test" not in procs["charge"].output()
         rows = await charge_rows(conn, good)

@@ -31,8 +31,14 @@ async def fresh(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Any, Any
     acct = new_id()
     try:
         async with raw_connection(engine) as conn:
-            await create_account(conn, acct, balance="100", threshold="50", recharge="25",
-                                 payment_method="pm_card_visa")
+            await create_account(
+                conn,
+                acct,
+                balance="100",
+                threshold="50",
+                recharge="25",
+                payment_method="pm_card_visa",
+            )
             await apply_submissions(engine, POLICY, [submission(event(acct, "7.5"))])
             assert all(r.ok for r in await run_audit(conn)), "healthy database must pass"
             monkeypatch.setenv("DATABASE_URL", url)
@@ -50,17 +56,25 @@ async def failing(conn: Any) -> dict[str, list[dict[str, Any]]]:
     return {r.name: r.offending for r in await run_audit(conn) if not r.ok}
 
 
-async def add_charge(conn: Any, acct: str, status: str, *, run_state: str = "succeeded",
-                     kind: str = "auto") -> int:
+async def add_charge(
+    conn: Any, acct: str, status: str, *, run_state: str = "succeeded", kind: str = "auto"
+) -> int:
     run_id = await conn.fetchval(
         "INSERT INTO recharge_runs (account_id, kind, trigger, tier, recharge_amount, "
         "max_charges, state, finished_at) VALUES ($1, $2, 'threshold', 0, 25, 10, $3, "
         "CASE WHEN $3 IN ('pending', 'failing') THEN NULL ELSE now() END) RETURNING id",
-        acct, kind, run_state)
+        acct,
+        kind,
+        run_state,
+    )
     charge_id: int = await conn.fetchval(
         "INSERT INTO charges (run_id, account_id, seq, amount, currency, idempotency_key, "
         "status) VALUES ($1, $2, 1, 25, 'USD', $3, $4) RETURNING id",
-        run_id, acct, f"recharge-{run_id}-charge-1", status)
+        run_id,
+        acct,
+        f"recharge-{run_id}-charge-1",
+        status,
+    )
     return charge_id
 
 
@@ -75,15 +89,21 @@ async def test_balance_not_equal_to_ledger(fresh: Any) -> None:
 async def test_a_tampered_running_balance(fresh: Any) -> None:
     _, conn, acct = fresh
     await conn.execute("ALTER TABLE ledger_entries DISABLE TRIGGER ledger_entries_append_only")
-    await conn.execute("UPDATE ledger_entries SET balance_after = balance_after + 5 "
-                       "WHERE account_id = $1 AND kind = 'usage'", acct)
+    await conn.execute(
+        "UPDATE ledger_entries SET balance_after = balance_after + 5 "
+        "WHERE account_id = $1 AND kind = 'usage'",
+        acct,
+    )
     assert list(await failing(conn)) == ["ledger_running_balance"]
 
 
 async def test_a_usage_event_without_its_debit(fresh: Any) -> None:
     _, conn, acct = fresh
-    await conn.execute("INSERT INTO usage_events (event_id, account_id, amount, occurred_at) "
-                       "VALUES ('lost-debit', $1, 2, now())", acct)
+    await conn.execute(
+        "INSERT INTO usage_events (event_id, account_id, amount, occurred_at) "
+        "VALUES ('lost-debit', $1, 2, now())",
+        acct,
+    )
     broken = await failing(conn)
     assert list(broken) == ["usage_debited_once"]
     assert broken["usage_debited_once"][0]["event_id"] == "lost-debit"
@@ -96,12 +116,16 @@ async def test_a_succeeded_charge_never_credited_and_a_credit_without_charge(fre
     assert list(broken) == ["charges_credited_once"]
     assert broken["charges_credited_once"][0]["charge_id"] == charge_id
     # Credited twice is just as wrong (the unique index forbids it: drop it to plant it).
-    await conn.execute("ALTER TABLE ledger_entries DROP CONSTRAINT ledger_entries_kind_reference_key")
+    await conn.execute(
+        "ALTER TABLE ledger_entries DROP CONSTRAINT ledger_entries_kind_reference_key"
+    )
     for _ in range(2):
         await conn.execute(
             "INSERT INTO ledger_entries (account_id, amount, balance_after, kind, reference) "
             "SELECT $1, 25, balance + 25, 'recharge', $2 FROM accounts WHERE id = $1",
-            acct, f"charge-{charge_id}")
+            acct,
+            f"charge-{charge_id}",
+        )
         await conn.execute("UPDATE accounts SET balance = balance + 25 WHERE id = $1", acct)
     rows = (await failing(conn))["charges_credited_once"]
     assert rows[0]["credits"] == 2
@@ -119,27 +143,32 @@ async def test_two_runs_in_flight(fresh: Any) -> None:
 
 async def test_a_tier_that_the_charges_do_not_explain(fresh: Any) -> None:
     _, conn, acct = fresh
-    await conn.execute("UPDATE accounts SET retry_tier = 2, last_failure_at = now() "
-                       "WHERE id = $1", acct)
+    await conn.execute(
+        "UPDATE accounts SET retry_tier = 2, last_failure_at = now() WHERE id = $1", acct
+    )
     assert list(await failing(conn)) == ["tier_matches_charges"]
     # Two failed automatic attempts explain tier 2.
     await add_charge(conn, acct, "failed", run_state="failed")
     await add_charge(conn, acct, "failed", run_state="failed")
     assert await failing(conn) == {}
     # A suspended account must be at tier 4.
-    await conn.execute("UPDATE accounts SET status = 'suspended', suspended_at = now() "
-                       "WHERE id = $1", acct)
+    await conn.execute(
+        "UPDATE accounts SET status = 'suspended', suspended_at = now() WHERE id = $1", acct
+    )
     assert list(await failing(conn)) == ["tier_matches_charges"]
 
 
 async def test_a_stuck_charge_and_an_undrained_outbox(fresh: Any) -> None:
     _, conn, acct = fresh
     charge_id = await add_charge(conn, acct, "pending", run_state="pending")
-    await conn.execute("UPDATE charges SET updated_at = now() - interval '2 hours' "
-                       "WHERE id = $1", charge_id)
-    await conn.execute("INSERT INTO outbox (destination, target, actor_name, payload, "
-                       "deliver_at) VALUES ('queue', 'charges', 'run_recharge', '{}', "
-                       "now() - interval '10 minutes')")
+    await conn.execute(
+        "UPDATE charges SET updated_at = now() - interval '2 hours' WHERE id = $1", charge_id
+    )
+    await conn.execute(
+        "INSERT INTO outbox (destination, target, actor_name, payload, "
+        "deliver_at) VALUES ('queue', 'charges', 'run_recharge', '{}', "
+        "now() - interval '10 minutes')"
+    )
     assert sorted(await failing(conn)) == ["no_stuck_charges", "outbox_drained"]
 
 

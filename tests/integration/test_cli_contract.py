@@ -22,16 +22,32 @@ def test_accounts_show_json_has_the_contract_keys(capsys: pytest.CaptureFixture[
     assert main(["accounts", "create", acct, "--currency", "EUR"]) == 0
     assert main(["accounts", "credit", acct, "--amount", "12.5", "--reason", "welcome"]) == 0
     assert main(["accounts", "card", acct, "--payment-method", "pm_card_visa"]) == 0
-    assert main(["accounts", "auto-recharge", acct, "--balance-amount", "10",
-                 "--recharge-amount", "25"]) == 0
+    assert (
+        main(
+            ["accounts", "auto-recharge", acct, "--balance-amount", "10", "--recharge-amount", "25"]
+        )
+        == 0
+    )
     capsys.readouterr()
     shown = run_json(capsys, "accounts", "show", acct)
-    assert {"account_id", "currency", "balance", "status", "auto_recharge", "retry_tier",
-            "armed_level", "charges"} <= set(shown)
+    assert {
+        "account_id",
+        "currency",
+        "balance",
+        "status",
+        "auto_recharge",
+        "retry_tier",
+        "armed_level",
+        "charges",
+    } <= set(shown)
     assert shown["account_id"] == acct and shown["currency"] == "EUR"
     assert shown["balance"] == "12.50" and shown["status"] == "active"
-    assert shown["auto_recharge"] == {"enabled": True, "balance_amount": "10.00",
-                                      "recharge_amount": "25.00", "mode": "repeat"}
+    assert shown["auto_recharge"] == {
+        "enabled": True,
+        "balance_amount": "10.00",
+        "recharge_amount": "25.00",
+        "mode": "repeat",
+    }
     assert shown["retry_tier"] == 0 and shown["armed_level"] is None
     assert shown["charges"] == []
     assert main(["accounts", "auto-recharge", acct, "--off"]) == 0
@@ -57,8 +73,10 @@ def test_charges_are_listed_oldest_first_with_the_contract_fields(
     ("argv", "reason"),
     [
         (["accounts", "show", "no-such-account"], "unknown account 'no-such-account'"),
-        (["accounts", "credit", "no-such-account", "--amount", "1", "--reason", "x"],
-         "unknown account"),
+        (
+            ["accounts", "credit", "no-such-account", "--amount", "1", "--reason", "x"],
+            "unknown account",
+        ),
         (["accounts", "create", "x", "--currency", "usd"], "3-letter ISO 4217"),
         (["accounts", "auto-recharge", "no-such", "--off", "--balance-amount", "1"], "--off"),
     ],
@@ -76,8 +94,20 @@ def test_limits_are_refused_with_a_reason(capsys: pytest.CaptureFixture[str]) ->
     acct = new_id()
     main(["accounts", "create", acct])
     capsys.readouterr()
-    assert main(["accounts", "auto-recharge", acct, "--balance-amount", "100",
-                 "--recharge-amount", "20"]) == 1
+    assert (
+        main(
+            [
+                "accounts",
+                "auto-recharge",
+                acct,
+                "--balance-amount",
+                "100",
+                "--recharge-amount",
+                "20",
+            ]
+        )
+        == 1
+    )
     assert "below the minimum of 25.00" in capsys.readouterr().err
     assert main(["accounts", "recharge", acct, "--amount", "20000"]) == 1
     assert "above the maximum of 10000.00; support can raise it" in capsys.readouterr().err

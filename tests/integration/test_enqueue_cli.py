@@ -34,8 +34,24 @@ def queue(namespace: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 def test_count_sends_that_many_contract_shaped_messages(
     queue: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["enqueue", "usage", "acct-x", "--amount", "0.25", "--count", "5",
-                 "--currency", "EUR", "--event-id", "job"]) == 0
+    assert (
+        main(
+            [
+                "enqueue",
+                "usage",
+                "acct-x",
+                "--amount",
+                "0.25",
+                "--count",
+                "5",
+                "--currency",
+                "EUR",
+                "--event-id",
+                "job",
+            ]
+        )
+        == 0
+    )
     sent = queue()
     assert [m["actor_name"] for m in sent] == ["record_usage"] * 5
     assert [m["kwargs"]["event_id"] for m in sent] == [f"job-{i}" for i in range(1, 6)]
@@ -47,29 +63,77 @@ def test_count_sends_that_many_contract_shaped_messages(
 
 
 def test_batches_and_json_summary(queue: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["enqueue", "usage", "acct-y", "--amount", "1", "--count", "250",
-                 "--currency", "USD", "--batch-size", "100", "--json"]) == 0
+    assert (
+        main(
+            [
+                "enqueue",
+                "usage",
+                "acct-y",
+                "--amount",
+                "1",
+                "--count",
+                "250",
+                "--currency",
+                "USD",
+                "--batch-size",
+                "100",
+                "--json",
+            ]
+        )
+        == 0
+    )
     sent = queue()
     assert [len(m["kwargs"]["events"]) for m in sent] == [100, 100, 50]
     summary = json.loads(capsys.readouterr().out)
     assert (summary["messages"], summary["events"], summary["actor"]) == (
-        3, 250, "record_usage_batch")
+        3,
+        250,
+        "record_usage_batch",
+    )
 
 
 def test_rate_paces_the_sending(queue: Any) -> None:
     started = time.monotonic()
-    assert main(["enqueue", "usage", "acct-z", "--amount", "1", "--count", "11",
-                 "--currency", "USD", "--rate", "50"]) == 0
+    assert (
+        main(
+            [
+                "enqueue",
+                "usage",
+                "acct-z",
+                "--amount",
+                "1",
+                "--count",
+                "11",
+                "--currency",
+                "USD",
+                "--rate",
+                "50",
+            ]
+        )
+        == 0
+    )
     assert time.monotonic() - started >= 0.19  # 10 gaps of 20 ms
     assert len(queue()) == 11
 
 
 def test_a_file_of_json_lines_is_sent_verbatim(queue: Any, tmp_path: Any) -> None:
     path = tmp_path / "events.jsonl"
-    lines = [{"event_id": "f1", "account_id": "a", "amount": "1", "currency": "USD",
-              "occurred_at": "2026-11-26T00:00:00Z"},
-             {"event_id": "f2", "account_id": "a", "amount": 1.5, "currency": "USD",
-              "occurred_at": "2026-11-26T00:00:00Z"}]
+    lines = [
+        {
+            "event_id": "f1",
+            "account_id": "a",
+            "amount": "1",
+            "currency": "USD",
+            "occurred_at": "2026-11-26T00:00:00Z",
+        },
+        {
+            "event_id": "f2",
+            "account_id": "a",
+            "amount": 1.5,
+            "currency": "USD",
+            "occurred_at": "2026-11-26T00:00:00Z",
+        },
+    ]
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n\n")
     assert main(["enqueue", "usage", "--file", str(path)]) == 0
     assert [m["kwargs"] for m in queue()] == lines  # the bad amount too: the worker rejects it
@@ -80,12 +144,25 @@ def test_a_file_of_json_lines_is_sent_verbatim(queue: Any, tmp_path: Any) -> Non
     [
         (["enqueue", "usage", "acct", "--amount", "1", "--count", "0"], "--count"),
         (["enqueue", "usage", "acct"], "--amount"),
-        (["enqueue", "usage", "acct", "--amount", "1", "--batch-size", "5000",
-          "--currency", "USD"], "--batch-size"),
+        (
+            [
+                "enqueue",
+                "usage",
+                "acct",
+                "--amount",
+                "1",
+                "--batch-size",
+                "5000",
+                "--currency",
+                "USD",
+            ],
+            "--batch-size",
+        ),
     ],
 )
-def test_refusals(queue: Any, capsys: pytest.CaptureFixture[str], argv: list[str],
-                  reason: str) -> None:
+def test_refusals(
+    queue: Any, capsys: pytest.CaptureFixture[str], argv: list[str], reason: str
+) -> None:
     assert main(argv) == 1
     assert reason in capsys.readouterr().err
     assert queue() == []

@@ -61,13 +61,16 @@ async def test_a_failing_stripe_charge_logs_no_key(
     log_lines: io.StringIO, engine: Any, conn: Any
 ) -> None:
     acct = new_id()
-    await create_account(conn, acct, balance="10", threshold="100", recharge="20",
-                         payment_method="pm_card_visa")
+    await create_account(
+        conn, acct, balance="10", threshold="100", recharge="20", payment_method="pm_card_visa"
+    )
     await conn.execute("UPDATE accounts SET gateway_customer_id = 'cus_x' WHERE id = $1", acct)
     run_id = await conn.fetchval(
         "INSERT INTO recharge_runs (account_id, kind, trigger, tier, target_amount, "
         "recharge_amount, max_charges) VALUES ($1, 'auto', 'threshold', 0, 100, 20, 10) "
-        "RETURNING id", acct)
+        "RETURNING id",
+        acct,
+    )
     # Nothing listens on that port: a connection error, logged with its message.
     gateway = StripeGateway(API_KEY, f"http://127.0.0.1:{free_port()}", 2.0)
     try:
@@ -78,5 +81,6 @@ async def test_a_failing_stripe_charge_logs_no_key(
     text = log_lines.getvalue()
     assert "charge.transient_error" in text
     assert_clean(text)
-    assert Decimal(await conn.fetchval("SELECT count(*) FROM charges WHERE run_id = $1",
-                                       run_id)) == 1
+    assert (
+        Decimal(await conn.fetchval("SELECT count(*) FROM charges WHERE run_id = $1", run_id)) == 1
+    )

@@ -20,14 +20,21 @@ LIMITS = ChargeLimits.from_settings(TEST_SETTINGS)
 NO_WAIT = PolicyConfig(retry_min_interval=timedelta(0), run_max_charges=10)
 
 
-async def settle(engine: Any, gateway: PaymentGateway, account_id: str,
-                 policy: PolicyConfig = NO_WAIT, limits: ChargeLimits = LIMITS) -> None:
+async def settle(
+    engine: Any,
+    gateway: PaymentGateway,
+    account_id: str,
+    policy: PolicyConfig = NO_WAIT,
+    limits: ChargeLimits = LIMITS,
+) -> None:
     """Run every in-flight run of the account to its end, and record failures."""
     for _ in range(50):
         async with raw_connection(engine) as conn:
             runs = await conn.fetch(
                 "SELECT id, state FROM recharge_runs WHERE account_id = $1 "
-                "AND state IN ('pending', 'failing') ORDER BY id", account_id)
+                "AND state IN ('pending', 'failing') ORDER BY id",
+                account_id,
+            )
         if not runs:
             return
         for run in runs:
@@ -44,10 +51,13 @@ async def account_row(conn: Any, account_id: str) -> Any:
 
 
 async def charges(conn: Any, account_id: str) -> list[Any]:
-    return list(await conn.fetch(
-        "SELECT c.*, r.kind AS run_kind, r.tier AS run_tier FROM charges c "
-        "JOIN recharge_runs r ON r.id = c.run_id WHERE c.account_id = $1 ORDER BY c.id",
-        account_id))
+    return list(
+        await conn.fetch(
+            "SELECT c.*, r.kind AS run_kind, r.tier AS run_tier FROM charges c "
+            "JOIN recharge_runs r ON r.id = c.run_id WHERE c.account_id = $1 ORDER BY c.id",
+            account_id,
+        )
+    )
 
 
 async def events(conn: Any, account_id: str) -> list[tuple[str, dict[str, Any]]]:
@@ -55,5 +65,7 @@ async def events(conn: Any, account_id: str) -> list[tuple[str, dict[str, Any]]]
 
     rows = await conn.fetch(
         "SELECT target, payload FROM outbox WHERE destination = 'stream' "
-        "AND payload::jsonb ->> 'account_id' = $1 ORDER BY id", account_id)
+        "AND payload::jsonb ->> 'account_id' = $1 ORDER BY id",
+        account_id,
+    )
     return [(r["target"], json.loads(r["payload"])) for r in rows]

@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,10 +71,8 @@ class Proc:
         self._log_handle.close()
 
     def _signal_group(self, sig: signal.Signals) -> None:
-        try:
+        with suppress(ProcessLookupError, PermissionError):
             os.killpg(self.popen.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 def worker_env(namespace: str, **extra: str) -> dict[str, str]:

@@ -80,10 +80,7 @@ def test_fires_exactly_when_the_rules_say(
 ) -> None:
     decision = decide(snap(balance, t, tier, since_failure=age))
     level = armed_level(t, tier)
-    if tier == 0:
-        expected = balance < t
-    else:
-        expected = balance <= level and age >= INTERVAL
+    expected = balance < t if tier == 0 else balance <= level and age >= INTERVAL
     assert isinstance(decision, StartRecharge) == expected
     if expected:
         assert decision == StartRecharge(tier=tier, level=level)
