@@ -72,6 +72,7 @@ class Demo:
         self.state = (opts.state_dir or REPO / ".contacto").resolve()
         self.logs = self.state / "logs"
         self.stack = ExitStack()
+        self.embedded: list[str] = []
 
     def say(self, text: str = "") -> None:
         print(text, file=self.out, flush=True)
@@ -103,7 +104,7 @@ class Demo:
         self._reset(settings, database)
         upgrade(settings)
         honcho = self._start_processes(env)
-        return asyncio.run(self._play(settings, honcho, database))
+        return asyncio.run(self._play(settings, honcho))
 
     # --- services ------------------------------------------------------------------------
 
@@ -119,6 +120,7 @@ class Demo:
                 f"DATABASE_URL {safe_url(configured_url)} does not answer: {reason}"
             )
         pg = EmbeddedPostgres(self.state / "pg")
+        self.embedded.append("postgres")
         self.stack.callback(self._stopped, "embedded PostgreSQL", pg.stop)
         started = time.monotonic()
         url = pg.start(database)
@@ -140,6 +142,7 @@ class Demo:
                 f"REDIS_URL {safe_url(configured_url)} does not answer: {reason}"
             )
         server = EmbeddedRedis(self.state / "redis", self.logs / "redis.log")
+        self.embedded.append("redis")
         self.stack.callback(self._stopped, "embedded Redis", server.stop)
         url = server.start()
         why = "--embedded always" if reason is None else f"REDIS_URL did not answer: {reason}"
@@ -206,14 +209,14 @@ class Demo:
         took = honcho.stop()
         self.say(f"stopped the Procfile processes in {took:.1f} s")
 
-    def _stopped(self, what: str, stop: Callable[[], None]) -> None:
+    def _stopped(self, what: str, stop: Callable[[], bool]) -> None:
         started = time.monotonic()
-        stop()
-        self.say(f"stopped {what} in {time.monotonic() - started:.1f} s")
+        if stop():
+            self.say(f"stopped {what} in {time.monotonic() - started:.1f} s")
 
     # --- scenarios -----------------------------------------------------------------------
 
-    async def _play(self, settings: Settings, honcho: Honcho, database: str) -> int:
+    async def _play(self, settings: Settings, honcho: Honcho) -> int:
         dsn = make_url(settings.database_url).set(drivername="postgresql")
         conn = await asyncpg.connect(dsn.render_as_string(hide_password=False), timeout=10)
         client = aioredis.Redis.from_url(settings.redis_url)
@@ -241,7 +244,7 @@ class Demo:
                 self.say(
                     "\nThe processes keep running; Ctrl-C stops everything. From another shell:\n"
                     f"  set -a; . {self.show(self.state / 'demo.env')}; set +a\n"
-                    "  .venv/bin/contacto-billing enqueue usage faq --amount 50\n"
+                    f"  .venv/bin/contacto-billing enqueue usage {accounts[0]} --amount 50\n"
                 )
                 await scenarios.follow(stage)
             return 0 if ok else 1
@@ -292,13 +295,16 @@ def run_demo(opts: DemoOptions, out: TextIO | None = None) -> int:
     except DemoError as exc:
         print(f"contacto-billing demo: error: {exc}", file=sys.stderr, flush=True)
         code = exc.exit_code
+    except BrokenPipeError:
+        # The reader went away (`demo | head`): stop everything just the same, and let the
+        # messages of the stop go nowhere instead of failing on the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+        code = 1
     finally:
         demo.close()
         signal.signal(signal.SIGTERM, previous)
     if code == 130:
-        print(
-            "contacto-billing demo: interrupted; processes and embedded servers stopped",
-            file=sys.stderr,
-            flush=True,
-        )
+        servers = " and the embedded servers" if demo.embedded else ""
+        print(f"contacto-billing demo: interrupted; stopped the processes{servers}",
+              file=sys.stderr, flush=True)  # fmt: skip
     return code

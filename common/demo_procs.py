@@ -60,7 +60,7 @@ class Honcho:
         argv = [
             sys.executable, "-m", "honcho",
             "--no-colour",
-            # An empty (or our own) env file: a developer's .env must not redirect the demo.
+            # demo.env, not the default ./.env: a developer's .env must not redirect the demo.
             "-e", str(env_file),
             "-f", str(procfile),
             "-d", str(procfile.parent),

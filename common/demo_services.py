@@ -186,20 +186,22 @@ class EmbeddedPostgres:
             return int((self.pgdata / "postmaster.pid").read_text().splitlines()[0])
         return None
 
-    def stop(self) -> None:
+    def stop(self) -> bool:
+        """Stop the server; False when there was none to stop."""
+        had_server, pid = self.server is not None, self.postmaster_pid()
         if self.server is not None:
             with contextlib.suppress(Exception):  # pgserver may raise anything; we verify below
                 self.server.cleanup()
             self.server = None
         # Also covers a start interrupted half-way (pg_ctl killed, postmaster already up).
-        pid = self.postmaster_pid()
         if pid is None or not _pid_alive(pid):
-            return
+            return had_server
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGINT)  # PostgreSQL's "fast" shutdown
         if not _wait_gone(pid, 15):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        return True
 
 
 def redis_server_executable() -> str:
@@ -263,13 +265,15 @@ class EmbeddedRedis:
             self.stop()
         raise DemoError(f"embedded redis-server did not start (see {self.log_file})")
 
-    def stop(self) -> None:
+    def stop(self) -> bool:
+        """Stop the server; False when there was none to stop."""
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
-            return
+            return False
         proc.terminate()
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+        return True

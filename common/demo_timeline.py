@@ -90,7 +90,6 @@ class Timeline:
         self.skew = skew  # database clock minus ours: events and notes carry our clock
         self.started_at = started_at  # database clock
         self.accounts: dict[str, AccountView] = {}
-        self.printed: list[str] = []
         self._pending: list[Line] = []
         self._seen_ledger: set[int] = set()
         self._seen_charges: set[int] = set()
@@ -110,7 +109,7 @@ class Timeline:
     async def pump(self, *, flush: bool = False) -> None:
         await self._collect()
         horizon = None if flush else self.db_now() - LAG
-        self._pending.sort()
+        self._pending.sort()  # by time: what is ready is a prefix
         ready = [ln for ln in self._pending if horizon is None or ln.at <= horizon]
         self._pending = self._pending[len(ready) :]
         for line in ready:
@@ -134,7 +133,6 @@ class Timeline:
             f"{offset:+8.2f}s  {line.account:<{self.width}}  {line.what:<7} {line.amount:>8}  "
             f"{balance}  {line.detail}"
         ).rstrip()
-        self.printed.append(text)
         print(text, file=self.out, flush=True)
 
     async def _collect(self) -> None:
@@ -151,8 +149,6 @@ class Timeline:
         for row in await self.conn.fetch(_CHARGES, low):
             if row["id"] in self._seen_charges:
                 continue
-            if row["status"] == "succeeded" and row["balance_after"] is None:
-                continue  # the credit commits with the status; not visible yet on this read
             self._seen_charges.add(row["id"])
             effect = {"tier": 0} if row["status"] == "succeeded" else {}
             self._add(row["updated_at"], row["account_id"], "charge", *self._charge(row), effect)
@@ -161,7 +157,9 @@ class Timeline:
     def _charge(self, row: asyncpg.Record) -> tuple[str, str, str]:
         key = row["idempotency_key"]
         if row["status"] == "succeeded":
-            return "+" + money(row["amount"]), money(row["balance_after"]), f"succeeded  {key}"
+            # The credit commits with the status; without one the audit below would fail.
+            after = money(row["balance_after"]) if row["balance_after"] is not None else ""
+            return "+" + money(row["amount"]), after, f"succeeded  {key}"
         attempt = (
             tier_label(row["tier"], row["target_amount"]) if row["kind"] == "auto" else "manual"
         )
