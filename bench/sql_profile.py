@@ -246,6 +246,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 ids,
                 Decimal(10**9),
             )
+            if args.setup_sql:
+                await conn.execute(args.setup_sql)
             await conn.execute("ANALYZE")
         finally:
             await conn.close()
@@ -267,6 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--session-sql",
         help="run on each new connection, e.g. 'SET plan_cache_mode = force_generic_plan'",
+    )
+    p.add_argument(
+        "--setup-sql",
+        help="EXPERIMENT: run once after migrating, e.g. to drop a constraint and see its cost",
     )
     p.add_argument("--pg-url", default=os.environ.get("CONTACTO_BENCH_PG", DEFAULT_PG))
     args = p.parse_args(argv)
