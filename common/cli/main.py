@@ -43,7 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except KeyboardInterrupt:  # Ctrl-C while the command modules are still importing
+        return 130
     args = parser.parse_args(argv)
     # Logs go to stderr (stdout is for results and --json); only warnings: a CLI is not a daemon.
     configure_logging(get_settings().log_format, level=logging.WARNING)

@@ -18,7 +18,6 @@ from dramatiq.message import Message
 from common import names
 from common.cli.main import main
 from common.queues import dead_letters, queue_stats, requeue_dead
-from config.broker import build_broker
 from config.settings import Settings, get_settings
 
 Cli = tuple[int, str, str]
@@ -27,23 +26,6 @@ Cli = tuple[int, str, str]
 @pytest.fixture
 def qsettings(namespace: str) -> Settings:
     return Settings(CONTACTO_BROKER_NAMESPACE=namespace, CONTACTO_BROKER_MAINTENANCE_CHANCE=0)
-
-
-@pytest.fixture
-def client(qsettings: Settings, namespace: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(qsettings.redis_url)
-    yield c
-    keys = list(c.scan_iter(match=f"{namespace}:*"))
-    if keys:
-        c.delete(*keys)
-    c.close()
-
-
-@pytest.fixture
-def broker(qsettings: Settings, client: redis.Redis) -> Iterator[RedisBroker]:
-    b = build_broker(qsettings)
-    yield b
-    b.client.close()
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ from common import names
 from common.cli.main import main
 from common.cli.queues import CLEAR_SCREEN
 from common.queues import QueueStats, live_workers, queue_stats
-from config.broker import build_broker
 from config.settings import Settings, get_settings
 
 TIMEOUT_MS = 10_000
@@ -35,23 +34,6 @@ def qsettings(namespace: str) -> Settings:
         CONTACTO_BROKER_HEARTBEAT_TIMEOUT_MS=TIMEOUT_MS,
         CONTACTO_BROKER_MAINTENANCE_CHANCE=0,
     )
-
-
-@pytest.fixture
-def client(qsettings: Settings, namespace: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(qsettings.redis_url)
-    yield c
-    keys = list(c.scan_iter(match=f"{namespace}:*"))
-    if keys:
-        c.delete(*keys)
-    c.close()
-
-
-@pytest.fixture
-def broker(qsettings: Settings, client: redis.Redis) -> Iterator[RedisBroker]:
-    b = build_broker(qsettings)
-    yield b
-    b.client.close()
 
 
 @pytest.fixture
