@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.db.engine import raw_connection
+from common.db.hotpool import HotPool
 from common.debits import DebitResult, Incoming, apply_usage, reject
 from common.pg import INPUT_ERRORS, retry_conflicts
 from common.recharge_start import PolicyConfig
@@ -39,7 +42,7 @@ class Outcome:
 
 
 async def apply_submissions(
-    engine: AsyncEngine, config: PolicyConfig, subs: Sequence[Submission]
+    engine: AsyncEngine | HotPool, config: PolicyConfig, subs: Sequence[Submission]
 ) -> list[Outcome]:
     """Apply every submission in one transaction; isolate input the database refuses."""
     items = [i for s in subs for i in s.items]
@@ -52,21 +55,25 @@ async def apply_submissions(
     return [_outcome(s, result) for s in subs]
 
 
+def _connection(source: AsyncEngine | HotPool) -> AbstractAsyncContextManager[Any]:
+    return source.connection() if isinstance(source, HotPool) else raw_connection(source)
+
+
 async def _apply(
-    engine: AsyncEngine,
+    engine: AsyncEngine | HotPool,
     config: PolicyConfig,
     items: Sequence[Incoming],
     rejections: Sequence[Rejection],
 ) -> DebitResult:
     async def attempt() -> DebitResult:
-        async with raw_connection(engine) as conn:
+        async with _connection(engine) as conn:
             return await apply_usage(conn, items, rejections, config)
 
     return await retry_conflicts(attempt)
 
 
 async def _apply_one_by_one(
-    engine: AsyncEngine,
+    engine: AsyncEngine | HotPool,
     config: PolicyConfig,
     items: Sequence[Incoming],
     rejections: Sequence[Rejection],

@@ -9,10 +9,8 @@ the key until the first commits) inserts nothing and debits nothing. The ledger'
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -41,26 +39,40 @@ class DebitResult:
     runs_started: dict[str, int] = field(default_factory=dict)
 
 
-_INSERT_EVENTS = """
-INSERT INTO usage_events (event_id, account_id, amount, occurred_at, kind)
-SELECT * FROM unnest($1::text[], $2::text[], $3::numeric[], $4::timestamptz[], $5::text[])
-ON CONFLICT (event_id) DO NOTHING
-RETURNING event_id
+# One statement for the whole debit: claim the event ids, write the ledger rows with their
+# running balance, move the balances. Its CTEs share one snapshot, so `accounts.balance` below is
+# the balance before this statement (the rows are already locked by this transaction).
+# Insertion is in event-id order (no index-lock cycles between concurrent transactions); the
+# ledger follows arrival order (`ord`) so that balance_after reads like a statement.
+_DEBIT = """
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::numeric[], $4::timestamptz[], $5::text[],
+                         $6::int[]) AS t(event_id, account_id, amount, occurred_at, kind, ord)
+), claimed AS (
+    INSERT INTO usage_events (event_id, account_id, amount, occurred_at, kind)
+    SELECT event_id, account_id, amount, occurred_at, kind FROM input ORDER BY event_id
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id
+), applied AS (
+    SELECT i.event_id, i.account_id, i.amount, i.ord,
+           a.balance - sum(i.amount) OVER (PARTITION BY i.account_id ORDER BY i.ord)
+               AS balance_after
+    FROM input i JOIN claimed c USING (event_id) JOIN accounts a ON a.id = i.account_id
+), ledger AS (
+    INSERT INTO ledger_entries (account_id, amount, balance_after, kind, reference)
+    SELECT account_id, -amount, balance_after, 'usage', event_id FROM applied ORDER BY ord
+), moved AS (
+    UPDATE accounts AS a SET balance = a.balance - t.total, updated_at = now()
+    FROM (SELECT account_id, sum(amount) AS total FROM applied GROUP BY account_id) t
+    WHERE a.id = t.account_id
+    RETURNING a.id, a.balance
+)
+SELECT event_id AS id, NULL::numeric AS balance FROM claimed
+UNION ALL
+SELECT id, balance FROM moved
 """
 _EXISTING_EVENTS = """
 SELECT event_id, account_id, amount FROM usage_events WHERE event_id = ANY($1::text[])
-"""
-_INSERT_LEDGER = """
-INSERT INTO ledger_entries (account_id, amount, balance_after, kind, reference)
-SELECT account_id, -amount, balance_after, 'usage', reference
-FROM unnest($1::text[], $2::numeric[], $3::numeric[], $4::text[])
-    AS t(account_id, amount, balance_after, reference)
-"""
-_UPDATE_BALANCES = """
-UPDATE accounts AS a SET balance = a.balance - t.total, updated_at = now()
-FROM unnest($1::text[], $2::numeric[]) AS t(id, total)
-WHERE a.id = t.id
-RETURNING a.id, a.balance
 """
 _INSERT_REJECTIONS = """
 INSERT INTO rejected_usage (fingerprint, message_id, actor_name, event_id, account_id, reason,
@@ -141,43 +153,32 @@ async def _debit(
     if not candidates:
         return
 
-    ordered = [candidates[k] for k in sorted(candidates)]  # key order: no index-lock cycles
-    inserted = {
-        row["event_id"]
-        for row in await conn.fetch(
-            _INSERT_EVENTS,
-            [i.event.event_id for i in ordered],
-            [i.event.account_id for i in ordered],
-            [i.event.amount for i in ordered],
-            [i.event.occurred_at for i in ordered],
-            [i.event.kind for i in ordered],
-        )
-    }
+    arrival = {id(item): n for n, item in enumerate(items)}
+    ordered = [candidates[k] for k in sorted(candidates)]
+    rows = await conn.fetch(
+        _DEBIT,
+        [i.event.event_id for i in ordered],
+        [i.event.account_id for i in ordered],
+        [i.event.amount for i in ordered],
+        [i.event.occurred_at for i in ordered],
+        [i.event.kind for i in ordered],
+        [arrival[id(i)] for i in ordered],
+    )
+    inserted = {r["id"] for r in rows if r["balance"] is None}
+    new_balances = {r["id"]: r["balance"] for r in rows if r["balance"] is not None}
     if len(inserted) < len(ordered):
         await _classify_existing(
             conn, [i for i in ordered if i.event.event_id not in inserted], result
         )
-
-    # Debit in arrival order so that balance_after reads like a statement.
+    result.applied |= inserted
+    ids = sorted(new_balances)
     balances = {acc_id: row["balance"] for acc_id, row in accounts.items()}
-    touched: dict[str, Decimal] = defaultdict(Decimal)
-    ledger: list[tuple[str, Decimal, Decimal, str]] = []
-    for item in items:
-        ev = item.event
-        if ev.event_id not in inserted or candidates.get(ev.event_id) is not item:
-            continue
-        balances[ev.account_id] -= ev.amount
-        touched[ev.account_id] += ev.amount
-        ledger.append((ev.account_id, ev.amount, balances[ev.account_id], ev.event_id))
-        result.applied.add(ev.event_id)
-    if not ledger:
-        return
-    await conn.execute(_INSERT_LEDGER, *(list(col) for col in zip(*ledger, strict=True)))
-    ids = sorted(touched)
-    updated = await conn.fetch(_UPDATE_BALANCES, ids, [touched[i] for i in ids])
-    for row in updated:
-        if row["balance"] != balances[row["id"]]:  # the row lock makes this impossible
-            raise RuntimeError(f"balance drift on {row['id']}: {row['balance']}")
+    for item in candidates.values():
+        if item.event.event_id in inserted:
+            balances[item.event.account_id] -= item.event.amount
+    for account_id in ids:  # the row locks make a difference impossible: checked all the same
+        if new_balances[account_id] != balances[account_id]:
+            raise RuntimeError(f"balance drift on {account_id}: {new_balances[account_id]}")
 
     for account_id in ids:
         account = accounts[account_id]

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     usage_coalesce_max_events: int = Field(
         2000, validation_alias="CONTACTO_USAGE_COALESCE_MAX_EVENTS"
     )
+    # Group-commit transactions running at once per balance worker process. One lets every
+    # message delivered during a transaction join the next one: fewer, larger transactions.
+    usage_max_in_flight: int = Field(1, validation_alias="CONTACTO_USAGE_MAX_IN_FLIGHT")
     relay_poll_interval_s: float = Field(1.0, validation_alias="CONTACTO_RELAY_POLL_INTERVAL_S")
     relay_batch_size: int = Field(500, validation_alias="CONTACTO_RELAY_BATCH_SIZE")
     gateway_timeout_s: float = Field(20.0, validation_alias="CONTACTO_GATEWAY_TIMEOUT_S")
@@ -73,6 +76,11 @@ class Settings(BaseSettings):
     @property
     def async_database_url(self) -> str:
         return to_asyncpg_url(self.database_url)
+
+    @property
+    def asyncpg_dsn(self) -> str:
+        """The URL as asyncpg itself takes it (no SQLAlchemy driver suffix)."""
+        return "postgresql://" + self.async_database_url.split("://", 1)[1]
 
 
 def to_asyncpg_url(url: str) -> str:

@@ -18,6 +18,7 @@ from dramatiq.middleware import Middleware
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.db.engine import create_engine
+from common.db.hotpool import HotPool
 from common.gateway import PaymentGateway, build_gateway
 from config.settings import Settings
 
@@ -30,6 +31,7 @@ class Resources:
     engine: AsyncEngine
     redis: aioredis.Redis
     gateway: PaymentGateway | None
+    hot_pool: HotPool | None = None
 
 
 _current: Resources | None = None
@@ -47,6 +49,15 @@ def gateway() -> PaymentGateway:
     if current.gateway is None:
         current.gateway = build_gateway(current.settings, current.redis)
     return current.gateway
+
+
+def hot_pool() -> HotPool:
+    """The balance worker's kept connections, opened on first use (on the loop)."""
+    current = resources()
+    if current.hot_pool is None:
+        settings = current.settings
+        current.hot_pool = HotPool(settings.asyncpg_dsn, settings.usage_max_in_flight)
+    return current.hot_pool
 
 
 class ResourcesMiddleware(Middleware):
@@ -78,6 +89,8 @@ class ResourcesMiddleware(Middleware):
 
 
 async def _dispose(current: Resources) -> None:
+    if current.hot_pool is not None:
+        await current.hot_pool.close()
     if current.gateway is not None:
         await current.gateway.close()
     await current.redis.aclose()

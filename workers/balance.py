@@ -26,7 +26,7 @@ from common.recharge_start import PolicyConfig
 from common.usage import Decoded, decode_batch, decode_single
 from workers._broker import broker, settings  # noqa: F401  (declares the broker first)
 from workers._context import message_context
-from workers._resources import resources
+from workers._resources import hot_pool
 
 log = structlog.get_logger("workers.balance")
 
@@ -38,14 +38,18 @@ POLICY = PolicyConfig.from_settings(settings)
 
 async def _flush(subs: Sequence[Submission]) -> list[Outcome]:
     metrics().usage_transaction_messages.observe(len(subs))
-    return await apply_submissions(resources().engine, POLICY, subs)
+    return await apply_submissions(hot_pool(), POLICY, subs)
 
 
 def _get_committer() -> GroupCommitter[Submission, Outcome]:
     # Created lazily on the worker's event loop, after the fork.
     global _committer
     if _committer is None:
-        _committer = GroupCommitter(_flush, max_group_size=settings.usage_coalesce_max_events)
+        _committer = GroupCommitter(
+            _flush,
+            max_group_size=settings.usage_coalesce_max_events,
+            max_in_flight=settings.usage_max_in_flight,
+        )
     return _committer
 
 
@@ -70,7 +74,9 @@ async def _submit(decoded: Decoded, actor_name: str) -> None:
     m.debits_applied.inc(outcome.applied)
     m.debits_duplicate.inc(outcome.duplicates)
     m.debits_rejected.inc(len(outcome.rejected))
-    log.info(
+    # Debug, not info: one line per usage message would be most of the log volume; the
+    # counters below (and rejections, logged as warnings) tell the story.
+    log.debug(
         "usage.recorded",
         message_id=message_id,
         actor=actor_name,

@@ -1,0 +1,61 @@
+"""A few asyncpg connections kept open for the balance worker's hot path.
+
+SQLAlchemy's pool (checkout events, reset on return) and asyncpg's own pool (a reset query on
+every release) each cost more per use than a group-commit transaction of a handful of events
+can afford. These connections are simply kept: taken, used for one transaction, put back. One
+that failed at the connection level, or that comes back inside a transaction (a cancelled
+coroutine), is dropped and replaced on demand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+
+from common.db.engine import CONNECTION_ERRORS
+
+
+class HotPool:
+    def __init__(self, dsn: str, size: int) -> None:
+        self._dsn = dsn
+        self._size = size
+        self._idle: asyncio.Queue[asyncpg.Connection[Any]] = asyncio.Queue()
+        self._open = 0
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection[Any]]:
+        conn = await self._take()
+        healthy = False
+        try:
+            yield conn
+            healthy = True
+        except CONNECTION_ERRORS:
+            raise
+        except BaseException:
+            healthy = True  # a statement failed; `conn.transaction()` has rolled back
+            raise
+        finally:
+            if healthy and not conn.is_closed() and not conn.is_in_transaction():
+                self._idle.put_nowait(conn)
+            else:
+                self._open -= 1
+                conn.terminate()
+
+    async def _take(self) -> asyncpg.Connection[Any]:
+        if self._idle.empty() and self._open < self._size:
+            self._open += 1
+            try:
+                return await asyncpg.connect(self._dsn)
+            except BaseException:
+                self._open -= 1
+                raise
+        return await self._idle.get()
+
+    async def close(self) -> None:
+        while not self._idle.empty():
+            await self._idle.get_nowait().close()
+            self._open -= 1
