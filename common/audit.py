@@ -53,6 +53,17 @@ CHECKS: tuple[Check, ...] = (
         """,
     ),
     Check(
+        "rows_name_existing_accounts",
+        "every ledger row and usage event belongs to an existing account",
+        """
+        SELECT 'ledger_entries' AS table_name, l.id::text AS row_id, l.account_id
+        FROM ledger_entries l WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = l.account_id)
+        UNION ALL
+        SELECT 'usage_events', u.event_id, u.account_id
+        FROM usage_events u WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = u.account_id)
+        """,
+    ),
+    Check(
         "usage_debited_once",
         "every recorded usage event has exactly one debit, and every debit an event",
         """

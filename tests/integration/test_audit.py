@@ -182,3 +182,27 @@ async def test_the_command_exits_non_zero_with_the_offending_rows(
     assert await asyncio.to_thread(main, ["audit", "--json"]) == 1
     out = capsys.readouterr().out
     assert '"ok": false' in out and acct in out and '"ledger_sum": "92.50"' in out
+
+
+async def test_rows_naming_a_missing_account(fresh: Any) -> None:
+    _, conn, _ = fresh
+    await conn.execute(
+        "INSERT INTO usage_events (event_id, account_id, amount, occurred_at) "
+        "VALUES ('orphan', 'no-such-account', 1, now())"
+    )
+    await conn.execute(
+        "INSERT INTO ledger_entries (account_id, amount, balance_after, kind, reference) "
+        "VALUES ('no-such-account', -1, -1, 'usage', 'orphan')"
+    )
+    broken = await failing(conn)
+    assert list(broken) == ["rows_name_existing_accounts"]
+    assert {r["table_name"] for r in broken["rows_name_existing_accounts"]} == {
+        "ledger_entries",
+        "usage_events",
+    }
+
+
+async def test_accounts_cannot_be_deleted(fresh: Any) -> None:
+    _, conn, acct = fresh
+    with pytest.raises(asyncpg.RaiseError, match="never deleted"):
+        await conn.execute("DELETE FROM accounts WHERE id = $1", acct)

@@ -10,9 +10,7 @@ from common.db.hotpool import HotPool
 from config.settings import Settings
 
 
-async def test_connections_are_kept_and_replaced_when_broken(
-    settings: Settings, conn: Any
-) -> None:
+async def test_connections_are_kept_and_replaced_when_broken(settings: Settings, conn: Any) -> None:
     pool = HotPool(settings.asyncpg_dsn, size=1)
     try:
         async with pool.connection() as c:
