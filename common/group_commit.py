@@ -40,10 +40,15 @@ class GroupCommitter(Generic[Work, Result]):
         *,
         max_group_size: int,
         max_in_flight: int = 2,
+        overlap_min_size: int = 0,
     ) -> None:
         self._flush = flush
         self._max_group_size = max_group_size
         self._max_in_flight = max_in_flight
+        # A second flush overlaps the first only when this much work waits: small messages
+        # then keep coalescing into the next flush, big batches get two at once.
+        self._overlap_min_size = overlap_min_size
+        self._queued_size = 0
         self._queue: list[_Pending[Work, Result]] = []
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -53,11 +58,18 @@ class GroupCommitter(Generic[Work, Result]):
     async def submit(self, work: Work, size: int = 1) -> Result:
         pending: _Pending[Work, Result] = _Pending(work, size)
         self._queue.append(pending)
+        self._queued_size += size
         self._kick()
         return await asyncio.shield(pending.future)
 
     def _kick(self) -> None:
-        while self._queue and self._in_flight < self._max_in_flight:
+        while self._queue and (
+            self._in_flight == 0
+            or (
+                self._in_flight < self._max_in_flight
+                and self._queued_size >= self._overlap_min_size
+            )
+        ):
             group = self._take_group()
             self._in_flight += 1
             task = asyncio.get_running_loop().create_task(self._run(group))
@@ -71,6 +83,7 @@ class GroupCommitter(Generic[Work, Result]):
             item = self._queue.pop(0)
             group.append(item)
             size += item.size
+        self._queued_size -= size
         return group
 
     async def _run(self, group: list[_Pending[Work, Result]]) -> None:

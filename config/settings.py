@@ -53,9 +53,11 @@ class Settings(BaseSettings):
     usage_coalesce_max_events: int = Field(
         2000, validation_alias="CONTACTO_USAGE_COALESCE_MAX_EVENTS"
     )
-    # Group-commit transactions running at once per balance worker process. One lets every
-    # message delivered during a transaction join the next one: fewer, larger transactions.
-    usage_max_in_flight: int = Field(1, validation_alias="CONTACTO_USAGE_MAX_IN_FLIGHT")
+    # Group-commit transactions running at once per balance worker process. A second one starts
+    # only when CONTACTO_USAGE_OVERLAP_MIN_EVENTS wait: single-event messages then coalesce into
+    # fewer, larger transactions, while big batches overlap database and Python time.
+    usage_max_in_flight: int = Field(2, validation_alias="CONTACTO_USAGE_MAX_IN_FLIGHT")
+    usage_overlap_min_events: int = Field(200, validation_alias="CONTACTO_USAGE_OVERLAP_MIN_EVENTS")
     relay_poll_interval_s: float = Field(1.0, validation_alias="CONTACTO_RELAY_POLL_INTERVAL_S")
     relay_batch_size: int = Field(500, validation_alias="CONTACTO_RELAY_BATCH_SIZE")
     gateway_timeout_s: float = Field(20.0, validation_alias="CONTACTO_GATEWAY_TIMEOUT_S")

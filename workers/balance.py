@@ -49,6 +49,7 @@ def _get_committer() -> GroupCommitter[Submission, Outcome]:
             _flush,
             max_group_size=settings.usage_coalesce_max_events,
             max_in_flight=settings.usage_max_in_flight,
+            overlap_min_size=settings.usage_overlap_min_events,
         )
     return _committer
 

@@ -49,7 +49,11 @@ class HotPool:
         if self._idle.empty() and self._open < self._size:
             self._open += 1
             try:
-                return await asyncpg.connect(self._dsn)
+                # Generic plans: the same few statements run thousands of times a second, and
+                # re-planning them per execution cost more than executing the lock query.
+                return await asyncpg.connect(
+                    self._dsn, server_settings={"plan_cache_mode": "force_generic_plan"}
+                )
             except BaseException:
                 self._open -= 1
                 raise

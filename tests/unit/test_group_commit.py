@@ -86,3 +86,28 @@ async def test_in_flight_limit_is_respected(in_flight: int) -> None:
     gc: GroupCommitter[int, int] = GroupCommitter(flush, max_group_size=1, max_in_flight=in_flight)
     await asyncio.gather(*(gc.submit(i) for i in range(20)))
     assert peak == in_flight
+
+
+async def test_a_second_flush_overlaps_only_when_enough_work_waits() -> None:
+    running = peak = 0
+    release = asyncio.Event()
+
+    async def flush(works: Sequence[int]) -> list[int]:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await release.wait()
+        running -= 1
+        return list(works)
+
+    gc: GroupCommitter[int, int] = GroupCommitter(
+        flush, max_group_size=1000, max_in_flight=2, overlap_min_size=100
+    )
+    small = [asyncio.ensure_future(gc.submit(i)) for i in range(5)]
+    await asyncio.sleep(0.01)
+    assert peak == 1  # small work waits for the running flush and joins the next one
+    big = asyncio.ensure_future(gc.submit(99, size=150))
+    await asyncio.sleep(0.01)
+    assert peak == 2  # enough work waiting: a second flush overlaps
+    release.set()
+    assert await asyncio.gather(*small, big) == [0, 1, 2, 3, 4, 99]
