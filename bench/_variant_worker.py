@@ -13,6 +13,12 @@ benchmark phases or by production. BENCH_VARIANTS (comma-separated) selects:
     inflight1  GroupCommitter(max_in_flight=1) instead of 2 (bigger, fewer groups)
     quietlog   no per-message "usage.recorded" info line
 
+Written against commit 803c000 and measured there (docs/performance.md, "Experiments"). Since
+cae7879 the worker itself keeps its own asyncpg connections (common/db/hotpool.py), runs one
+merged debit statement, one flush in flight and no per-message info line, so on later commits
+`noping`, `held` and `generic` patch code the hot path no longer uses, and `merged`, `quietlog`,
+`inflight1` repeat what the worker already does.
+
 Exactly-once is unchanged by each of them: the same transaction boundaries, the same row locks
 and unique keys, the same ack-after-commit; the benchmark's checks run on every variant.
 """
@@ -81,7 +87,7 @@ async def _held_connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connect
 
 
 if "held" in VARIANTS:
-    common.balance_service.raw_connection = _held_connection  # type: ignore[assignment]
+    common.balance_service.raw_connection = _held_connection  # type: ignore[attr-defined]
 
 
 _MERGED = """
@@ -194,14 +200,15 @@ if "merged" in VARIANTS:
     common.debits._debit = _merged_debit
 
 import workers.balance  # noqa: E402  (after the patches: it builds the broker and middleware)
-from workers.balance import broker, record_usage, record_usage_batch  # noqa: E402
+from workers._broker import broker  # noqa: E402
+from workers.balance import record_usage, record_usage_batch  # noqa: E402
 
 if "inflight1" in VARIANTS:
 
     def _one_in_flight(flush: Any, **kwargs: Any) -> GroupCommitter[Any, Any]:
         return GroupCommitter(flush, max_in_flight=1, **kwargs)
 
-    workers.balance.GroupCommitter = _one_in_flight  # type: ignore[assignment,misc]
+    workers.balance.GroupCommitter = _one_in_flight  # type: ignore[attr-defined,assignment]
 
 
 class _NoInfo:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -131,11 +132,18 @@ def amount_of(i: int) -> str:
     return f"{k // 1_000_000}.{k % 1_000_000:06d}"
 
 
+def event_id(run: str, phase: str, i: int) -> str:
+    """Spread over the key space like the upstream's UUIDs (sequential ids would make every
+    index insert an append, and the phases' positions in the indexes differ)."""
+    digest = hashlib.blake2b(f"{phase}:{i}".encode(), digest_size=12).hexdigest()
+    return f"ev-{run}-{digest}"
+
+
 def make_event(run: str, phase: Phase, i: int, occurred_at: str) -> dict[str, Any]:
     # i * 761 mod n walks every account evenly; consecutive events hit different accounts.
     accounts = max(phase.accounts, 1)
     return {
-        "event_id": f"{run}-{phase.name}-e{i:09d}",
+        "event_id": event_id(run, phase.name, i),
         "account_id": account_id(phase.name, (i * 761) % accounts),
         "amount": amount_of(i),
         "currency": "USD",
@@ -194,6 +202,26 @@ def _read_procs() -> dict[int, Proc]:
             (int(fields[13]) + int(fields[14])) / CLK_TCK,
         )
     return out
+
+
+async def code_version() -> str:
+    """The commit under test, and which worker-side files differ from it."""
+    try:
+        head = await asyncio.create_subprocess_exec(
+            "git", "-C", str(REPO), "rev-parse", "--short", "HEAD",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        commit = (await head.communicate())[0].decode().strip()
+        status = await asyncio.create_subprocess_exec(
+            "git", "-C", str(REPO), "status", "--porcelain", "--", "common", "config", "workers",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        dirty = [ln[3:] for ln in (await status.communicate())[0].decode().splitlines()]
+    except OSError:
+        return "unknown"
+    if not commit:
+        return "unknown (not a git checkout; use --label)"
+    return commit + (f" + uncommitted changes to {', '.join(dirty)}" if dirty else "")
 
 
 def host_facts() -> tuple[str, float]:
@@ -302,6 +330,20 @@ class Result:
     cpu_cores: dict[str, float] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def cpu_us_per_event(self) -> dict[str, float]:
+        """CPU microseconds per event by side: steadier than rates when the machine is shared."""
+        c, rate = self.cpu_cores, max(self.rate, 1e-9)
+        python = c.get("workers", 0.0) + c.get("dramatiq_main", 0.0)
+        postgres = c.get("pg_backends", 0.0) + c.get("pg_other", 0.0)
+        redis = c.get("redis", 0.0)
+        return {
+            "python": round(python / rate * 1e6, 1),
+            "postgres": round(postgres / rate * 1e6, 1),
+            "redis": round(redis / rate * 1e6, 1),
+            "total": round((python + postgres + redis) / rate * 1e6, 1),
+        }
+
 
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
@@ -322,7 +364,11 @@ class Bench:
     # ---- environment ----------------------------------------------------------------------
 
     def child_env(self, namespace: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONTACTO_")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("CONTACTO_", "dramatiq_prom_"))  # no metrics server either
+        }
         for name in ("STRIPE_API_KEY", "STRIPE_API_BASE"):
             env.pop(name, None)
         env.update(
@@ -337,6 +383,9 @@ class Bench:
             BENCH_VARIANTS=self.args.variants or "",
             PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
         )
+        for item in self.args.worker_env:  # e.g. CONTACTO_USAGE_MAX_IN_FLIGHT=2
+            key, _, value = item.partition("=")
+            env[key] = value
         return env
 
     async def setup(self) -> None:
@@ -348,6 +397,13 @@ class Bench:
         say(f"creating database {self.db_name} and migrating")
         self.db_created = True
         await asyncio.to_thread(upgrade, Settings())
+        if self.args.setup_sql:
+            say(f"EXPERIMENT: running on the bench database: {self.args.setup_sql}")
+            conn = await asyncpg.connect(self.db_url)
+            try:
+                await conn.execute(self.args.setup_sql)
+            finally:
+                await conn.close()
 
     async def cleanup(self) -> None:
         for proc in self.procs:
@@ -380,7 +436,7 @@ class Bench:
         model, mem_gb = host_facts()
         pg = {name: await self.admin.fetchval(f"SHOW {name}") for name in (
             "server_version", "synchronous_commit", "fsync", "shared_buffers", "wal_sync_method",
-            "max_connections")}  # fmt: skip
+            "max_connections", "autovacuum")}  # fmt: skip
         info = await self.redis.info("server")
         versions = {}
         for pkg in ("dramatiq", "asyncpg", "redis", "SQLAlchemy"):
@@ -388,6 +444,7 @@ class Bench:
                 versions[pkg] = metadata.version(pkg)
         return {
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "code": self.args.label or await code_version(),
             "nproc": os.cpu_count(),
             "cpus_usable": len(os.sched_getaffinity(0)),
             "cpu_model": model,
@@ -406,6 +463,13 @@ class Bench:
         ids = [account_id(phase.name, j) for j in range(phase.accounts)]
         conn = await asyncpg.connect(self.db_url)
         try:
+            # Every phase starts on empty tables: a phase must not inherit the table and index
+            # sizes, or the dead row versions, of the phases before it (the planner scans a
+            # small `accounts` table whole, and this server may run without autovacuum).
+            await conn.execute(
+                "TRUNCATE accounts, ledger_entries, usage_events, rejected_usage, recharge_runs, "
+                "charges, outbox RESTART IDENTITY CASCADE"
+            )
             async with conn.transaction():
                 # auto-recharge off (the column default): no recharge runs start.
                 await conn.execute(
@@ -421,7 +485,8 @@ class Bench:
                     ids,
                     OPENING_BALANCE,
                 )
-            await conn.execute("ANALYZE accounts, ledger_entries, usage_events")
+            await conn.execute("VACUUM (ANALYZE) accounts")
+            await conn.execute("ANALYZE ledger_entries, usage_events")
         finally:
             await conn.close()
 
@@ -482,11 +547,7 @@ class Bench:
                 """,
                 ids,
             )
-            rejected = await conn.fetchval(
-                "SELECT count(*) FROM rejected_usage WHERE account_id = ANY($1::text[]) "
-                "OR event_id LIKE $2",
-                ids, f"{self.run}-{phase.name}-%",
-            )  # fmt: skip
+            rejected = await conn.fetchval("SELECT count(*) FROM rejected_usage")  # none, ever
             runs = await conn.fetchval(
                 "SELECT count(*) FROM recharge_runs WHERE account_id = ANY($1::text[])", ids
             )
@@ -918,13 +979,18 @@ def fmt_table(results: Sequence[Result]) -> str:
 def fmt_cpu(results: Sequence[Result]) -> str:
     cols = ["workers", "dramatiq_main", "pg_backends", "pg_other", "redis", "bench", "other",
             "idle"]  # fmt: skip
-    rows: list[Sequence[str]] = [("phase", *cols, "pg xacts", "rollbacks", "sessions")]
+    per = ["python", "postgres", "redis", "total"]
+    rows: list[Sequence[str]] = [
+        ("phase", *cols, "pg xacts", "rollbacks", "sessions", *(f"{k} us/ev" for k in per))
+    ]
     for r in results:
+        us = r.cpu_us_per_event
         rows.append((r.phase, *(f"{r.cpu_cores.get(c, 0.0):.2f}" for c in cols),
                      f"{r.notes.get('pg_xact_commit', 0):,}",
                      f"{r.notes.get('pg_xact_rollback', 0):,}",
-                     f"{r.notes.get('pg_sessions', 0):,}"))  # fmt: skip
-    return _grid(rows, right=set(range(1, len(cols) + 4)))
+                     f"{r.notes.get('pg_sessions', 0):,}",
+                     *(f"{us[k]:.0f}" for k in per)))  # fmt: skip
+    return _grid(rows, right=set(range(1, len(rows[0]))))
 
 
 def _grid(rows: Sequence[Sequence[str]], right: set[int]) -> str:
@@ -946,6 +1012,7 @@ def report(
 ) -> None:
     pg = facts["postgresql"]
     print(f"Contacto Billing pipeline benchmark, {facts['date']}", file=out)
+    print(f"code: {facts['code']}", file=out)
     print(
         f"machine: nproc={facts['nproc']} ({facts['cpus_usable']} usable), "
         f"{facts['cpu_model']}, {facts['mem_gb']} GB, Linux {facts['kernel']}",
@@ -953,7 +1020,8 @@ def report(
     )
     print(
         f"software: Python {facts['python']}, PostgreSQL {pg['server_version']} "
-        f"(synchronous_commit={pg['synchronous_commit']}, fsync={pg['fsync']}), "
+        f"(synchronous_commit={pg['synchronous_commit']}, fsync={pg['fsync']}, "
+        f"autovacuum={pg['autovacuum']}), "
         f"Redis {facts['redis']}, " + ", ".join(f"{k} {v}" for k, v in facts["packages"].items()),
         file=out,
     )
@@ -973,8 +1041,9 @@ def report(
     print(fmt_table(results), file=out)
     print(file=out)
     print(
-        "cores busy during the measured window (of "
-        f"{facts['cpus_usable']}), and transactions PostgreSQL committed in the phase:",
+        f"cores busy during the measured window (of {facts['cpus_usable']}); transactions and "
+        "sessions in the bench database;\nCPU microseconds per event (python = worker "
+        "processes + dramatiq main, postgres = backends + other postgres processes):",
         file=out,
     )
     print(fmt_cpu(results), file=out)
@@ -992,6 +1061,10 @@ def report(
         print(
             f"\nEXPERIMENT: balance phases ran bench._variant_worker with {args.variants}", file=out
         )
+    if args.setup_sql:
+        print(f"\nEXPERIMENT: schema changed after migrating: {args.setup_sql}", file=out)
+    if args.worker_env:
+        print(f"\nworker environment: {' '.join(args.worker_env)}", file=out)
     if args.profile:
         print(
             f"\nNOTE: py-spy was attached (--profile {args.profile}); rates are perturbed.",
@@ -1009,7 +1082,7 @@ def to_json(
             "single_ratio_to_noop_async": SINGLE_RATIO_TARGET,
             "batch100_events_per_s": BATCH_RATE_TARGET,
         },
-        "phases": [vars(r) for r in results],
+        "phases": [dict(vars(r), cpu_us_per_event=r.cpu_us_per_event) for r in results],
         "all_correct": all(r.correct for r in results),
         "all_targets_pass": all(r.passed for r in results if r.passed is not None),
     }
@@ -1062,6 +1135,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="EXPERIMENT: run the balance phases on bench._variant_worker with these patches "
         "(see that module), e.g. held,merged",
     )
+    p.add_argument(
+        "--setup-sql",
+        help="EXPERIMENT: SQL run once on the bench database after migrating (e.g. drop a "
+        "constraint to see what it costs)",
+    )
+    p.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the workers (repeatable), e.g. CONTACTO_USAGE_MAX_IN_FLIGHT=2",
+    )
+    p.add_argument("--label", help="what code is under test (default: from git)")
     p.add_argument("--keep", action="store_true", help="keep the database, keys and logs")
     p.add_argument(
         "--pg-url",

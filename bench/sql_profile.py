@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/sql_profile.py [--txns 2000] [--batch 100]
 
-Runs the balance worker's database path (`common.balance_service`'s `_apply`: a pooled
-connection from `common.db.engine.raw_connection`, then `common.debits.apply_usage`) at
+Runs the balance worker's database path (`common.balance_service`'s `_apply`: a connection
+from `common.db.hotpool` where the code has it, else `common.db.engine.raw_connection`, then
+`common.debits.apply_usage`) at
 concurrency 1, so nothing waits on anything else, with the connection wrapped in a probe that
 times every call. For each step it reports the wall time seen by the client, the client's CPU
 time (Python + asyncpg), and the PostgreSQL backend's CPU time, read from
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import os
 import secrets
 import sys
@@ -88,12 +90,14 @@ class Probe:
     async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         assert self.conn is not None
         async with self.step(label(sql)):
-            return await self.conn.fetch(sql, *args)
+            rows: list[asyncpg.Record] = await self.conn.fetch(sql, *args)
+            return rows
 
     async def execute(self, sql: str, *args: Any) -> str:
         assert self.conn is not None
         async with self.step(label(sql)):
-            return await self.conn.execute(sql, *args)
+            status: str = await self.conn.execute(sql, *args)
+            return status
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         assert self.conn is not None
@@ -122,6 +126,7 @@ class _ProbeTransaction:
 def label(sql: str) -> str:
     text = " ".join(sql.split())
     for needle, name in (
+        ("WITH input AS", "debit statement (events + ledger + balances)"),
         ("FOR UPDATE", "SELECT accounts ... FOR UPDATE (lock_accounts)"),
         ("INSERT INTO usage_events", "INSERT usage_events ... ON CONFLICT DO NOTHING"),
         ("INSERT INTO ledger_entries", "INSERT ledger_entries"),
@@ -141,7 +146,7 @@ def make_items(run: str, start: int, count: int, accounts: int) -> list[Any]:
     now = datetime.now(UTC).isoformat()
     events = [
         {
-            "event_id": f"{run}-e{i:09d}",
+            "event_id": f"ev-{run}-{hashlib.blake2b(str(i).encode(), digest_size=12).hexdigest()}",
             "account_id": f"prof-a{(i * 761) % accounts:05d}",
             "amount": "0.013007",
             "currency": "USD",
@@ -164,8 +169,17 @@ async def profile(
     from common.debits import apply_usage
     from config.settings import Settings
 
-    engine = create_engine(Settings())
-    lines: list[str] = []
+    settings = Settings()
+    engine = create_engine(settings)
+    hot: Any = None
+    try:  # the balance worker's own connections, where the code has them (since cae7879)
+        from common.db.hotpool import HotPool
+
+        hot = HotPool(settings.asyncpg_dsn, 1)
+    except ImportError:
+        pass
+    checkout = "hot pool take" if hot else "pool checkout (pre_ping: BEGIN; ';'; ROLLBACK)"
+    lines: list[str] = [f"connections: {'common.db.hotpool' if hot else 'raw_connection'}"]
     try:
         for size in (1, batch):
             probe = Probe()
@@ -175,8 +189,8 @@ async def profile(
                 if k == warm:  # plans cached, pool warm: start counting
                     probe.totals.clear()
                     probe.order.clear()
-                cm = raw_connection(engine)
-                async with probe.step("pool checkout (pre_ping: BEGIN; ';'; ROLLBACK)"):
+                cm = hot.connection() if hot else raw_connection(engine)
+                async with probe.step(checkout):
                     conn = await cm.__aenter__()
                 if probe.pid != conn.get_server_pid():
                     probe.conn, probe.pid = conn, conn.get_server_pid()
@@ -185,11 +199,13 @@ async def profile(
                         await conn.execute(session_sql)
                 probe.conn = conn
                 async with probe.step("total: apply_usage"):
-                    await apply_usage(probe, items, [], POLICY)  # type: ignore[arg-type]
+                    await apply_usage(probe, items, [], POLICY)
                 async with probe.step("pool checkin"):
                     await cm.__aexit__(None, None, None)
             lines += render(probe, size, txns - warm)
     finally:
+        if hot:
+            await hot.close()
         await engine.dispose()
     return lines
 
