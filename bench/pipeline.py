@@ -89,7 +89,7 @@ class Phase:
 
 def plan(args: argparse.Namespace) -> list[Phase]:
     n, nb, acc = args.events, args.batch_events, args.accounts
-    balance = "bench._variant_worker" if args.variants else "workers.balance"
+    balance = "workers.balance"
     noop_n = args.noop_events or n
     phases = [
         Phase("noop-async", "worker", "async no-op actor, same broker factory and queue",
@@ -380,7 +380,6 @@ class Bench:
             CONTACTO_EVENTS_STREAM=f"{namespace}:events",
             CONTACTO_SIMULATED_PREFIX=f"{namespace}:simgw",
             PYTHONUNBUFFERED="1",
-            BENCH_VARIANTS=self.args.variants or "",
             PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
         )
         for item in self.args.worker_env:  # e.g. CONTACTO_USAGE_MAX_IN_FLIGHT=2
@@ -1057,10 +1056,6 @@ def report(
             f"rerun on a quiet machine (load average at start: {facts['loadavg']}).",
             file=out,
         )
-    if args.variants:
-        print(
-            f"\nEXPERIMENT: balance phases ran bench._variant_worker with {args.variants}", file=out
-        )
     if args.setup_sql:
         print(f"\nEXPERIMENT: schema changed after migrating: {args.setup_sql}", file=out)
     if args.worker_env:
@@ -1130,11 +1125,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="attach py-spy to worker phases, raw folded stacks into DIR",
     )
     p.add_argument("--profile-gil", action="store_true", help="py-spy --gil")
-    p.add_argument(
-        "--variants",
-        help="EXPERIMENT: run the balance phases on bench._variant_worker with these patches "
-        "(see that module), e.g. held,merged",
-    )
     p.add_argument(
         "--setup-sql",
         help="EXPERIMENT: SQL run once on the bench database after migrating (e.g. drop a "
