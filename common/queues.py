@@ -159,10 +159,11 @@ def live_workers(
     rows = cast(
         "list[tuple[Raw, float]]", client.zrangebyscore(key, f"({oldest}", "+inf", withscores=True)
     )
-    return sorted(
-        (WorkerBeat(_text(wid), max(0.0, (now - float(score)) / 1000)) for wid, score in rows),
-        key=lambda w: w.id,
-    )
+    beats = [
+        WorkerBeat(_text(wid), max(0.0, (now - float(score)) / 1000))  # float-ok: milliseconds
+        for wid, score in rows
+    ]
+    return sorted(beats, key=lambda w: w.id)
 
 
 def _decode(raw: Raw | None) -> dict[str, Any] | None:

@@ -52,7 +52,7 @@ def register(sub: Any) -> None:
 
 def _positive_float(text: str) -> float:
     try:
-        value = float(text)
+        value = float(text)  # float-ok: seconds, not money
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not 0 < value <= 3600:

@@ -36,7 +36,7 @@ def register(sub: Any) -> None:
 
 def _positive_float(text: str) -> float:
     try:
-        value = float(text)
+        value = float(text)  # float-ok: seconds, not money
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if value <= 0:
