@@ -37,6 +37,18 @@ async def lock_account(conn: asyncpg.Connection[Any], account_id: str) -> asyncp
     return (await lock_accounts(conn, [account_id])).get(account_id)
 
 
+async def lock_run(
+    conn: asyncpg.Connection[Any], run_id: int
+) -> tuple[asyncpg.Record | None, asyncpg.Record | None]:
+    """Lock a recharge run and its account, account first (the order every path uses)."""
+    account_id = await conn.fetchval("SELECT account_id FROM recharge_runs WHERE id = $1", run_id)
+    if account_id is None:
+        return None, None
+    account = await lock_account(conn, account_id)
+    run = await conn.fetchrow("SELECT * FROM recharge_runs WHERE id = $1 FOR UPDATE", run_id)
+    return account, run
+
+
 def snapshot(row: Any, *, balance: Any = None) -> AccountSnapshot:
     return AccountSnapshot(
         balance=row["balance"] if balance is None else balance,

@@ -21,7 +21,7 @@ import asyncpg
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from common.accounts import lock_account
+from common.accounts import lock_run
 from common.admin import apply_credit
 from common.crashpoints import crash_point
 from common.db.engine import raw_connection
@@ -92,22 +92,11 @@ def idempotency_key(run_id: int, seq: int) -> str:
     return f"recharge-{run_id}-charge-{seq}"
 
 
-async def _lock_run(
-    conn: asyncpg.Connection[Any], run_id: int
-) -> tuple[asyncpg.Record | None, asyncpg.Record | None]:
-    account_id = await conn.fetchval("SELECT account_id FROM recharge_runs WHERE id = $1", run_id)
-    if account_id is None:
-        return None, None
-    account = await lock_account(conn, account_id)
-    run = await conn.fetchrow("SELECT * FROM recharge_runs WHERE id = $1 FOR UPDATE", run_id)
-    return account, run
-
-
 async def next_step(
     conn: asyncpg.Connection[Any], run_id: int, limits: ChargeLimits
 ) -> PendingCharge | RunFinished:
     async with conn.transaction():
-        account, run = await _lock_run(conn, run_id)
+        account, run = await lock_run(conn, run_id)
         if account is None or run is None:
             return RunFinished("missing")
         if run["state"] != "pending":
@@ -151,25 +140,12 @@ async def next_step(
             account_max=account["max_recharge_amount"],
         )
         seq = stats["last_seq"] + 1
-        if account["payment_method"] is None:
-            # No card on file is a failed attempt like a decline: the ladder, not a dead letter.
-            await conn.execute(
-                "INSERT INTO charges (run_id, account_id, seq, amount, currency, "
-                "idempotency_key, status, failure_code, failure_message) "
-                "VALUES ($1, $2, $3, $4, $5, $6, 'failed', 'no_payment_method', "
-                "'no card on file')",
-                run_id,
-                account["id"],
-                seq,
-                step.amount,
-                account["currency"],
-                idempotency_key(run_id, seq),
-            )
-            await _hand_failure_to_retry_worker(conn, run_id)
-            return RunFinished("failing")
+        # No card on file is a failed attempt like a decline: the ladder, not a dead letter.
+        no_card = account["payment_method"] is None
         row = await conn.fetchrow(
             "INSERT INTO charges (run_id, account_id, seq, amount, currency, idempotency_key, "
-            "payment_method, gateway_calls) VALUES ($1, $2, $3, $4, $5, $6, $7, 1) RETURNING *",
+            "payment_method, status, failure_code, failure_message, gateway_calls) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *",
             run_id,
             account["id"],
             seq,
@@ -177,7 +153,14 @@ async def next_step(
             account["currency"],
             idempotency_key(run_id, seq),
             account["payment_method"],
+            "failed" if no_card else "pending",
+            "no_payment_method" if no_card else None,
+            "no card on file" if no_card else None,
+            0 if no_card else 1,
         )
+        if no_card:
+            await _hand_failure_to_retry_worker(conn, run_id)
+            return RunFinished("failing")
         return _pending(row, account)
 
 
@@ -232,7 +215,7 @@ async def record_outcome(
 ) -> str:
     """Apply the gateway's answer once. Returns what happened (for logs)."""
     async with conn.transaction():
-        account, run = await _lock_run(conn, charge.run_id)
+        account, run = await lock_run(conn, charge.run_id)
         assert account is not None and run is not None
         status = await conn.fetchval(
             "SELECT status FROM charges WHERE id = $1 FOR UPDATE", charge.charge_id

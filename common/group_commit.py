@@ -52,8 +52,6 @@ class GroupCommitter(Generic[Work, Result]):
         self._queue: list[_Pending[Work, Result]] = []
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self.groups_flushed = 0
-        self.works_flushed = 0
 
     async def submit(self, work: Work, size: int = 1) -> Result:
         pending: _Pending[Work, Result] = _Pending(work, size)
@@ -99,13 +97,11 @@ class GroupCommitter(Generic[Work, Result]):
             for p, result in zip(group, results, strict=True):
                 if not p.future.done():
                     p.future.set_result(result)
-            self.groups_flushed += 1
-            self.works_flushed += len(group)
         finally:
             self._in_flight -= 1
             self._kick()
 
     async def drain(self) -> None:
-        """Wait for every flush in progress (worker shutdown)."""
+        """Wait for every flush in progress."""
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)

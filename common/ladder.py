@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from common.accounts import lock_account, snapshot
+from common.accounts import lock_account, lock_run, snapshot
 from common.names import (
     ACTOR_RECHECK_TIER,
     EVENT_ACCOUNT_SUSPENDED,
@@ -21,11 +21,7 @@ from common.recharge_start import PolicyConfig, start_auto_run
 async def record_failure(conn: asyncpg.Connection[Any], run_id: int, config: PolicyConfig) -> str:
     """Finish a 'failing' run: arm the next tier (or suspend) exactly once."""
     async with conn.transaction():
-        account_id = await conn.fetchval(
-            "SELECT account_id FROM recharge_runs WHERE id = $1", run_id
-        )
-        account = await lock_account(conn, account_id) if account_id else None
-        run = await conn.fetchrow("SELECT * FROM recharge_runs WHERE id = $1 FOR UPDATE", run_id)
+        account, run = await lock_run(conn, run_id)
         if account is None or run is None or run["state"] != "failing":
             return "already_handled"
         charge = await conn.fetchrow(
