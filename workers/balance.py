@@ -59,8 +59,7 @@ def _message_id() -> str | None:
     return message.message_id if message is not None else None
 
 
-async def _submit(decoded: Decoded, actor_name: str) -> None:
-    message_id = _message_id()
+async def _submit(decoded: Decoded, actor_name: str, message_id: str | None) -> None:
     sub = Submission(
         message_id=message_id,
         items=[
@@ -76,18 +75,17 @@ async def _submit(decoded: Decoded, actor_name: str) -> None:
     m.debits_duplicate.inc(outcome.duplicates)
     m.debits_rejected.inc(len(outcome.rejected))
     # Debug, not info: one line per usage message would be most of the log volume; the
-    # counters below (and rejections, logged as warnings) tell the story.
+    # counters above (and rejections, logged as warnings) tell the story. message_id and actor
+    # are already bound by message_context.
     log.debug(
         "usage.recorded",
-        message_id=message_id,
-        actor=actor_name,
         applied=outcome.applied,
         duplicates=outcome.duplicates,
         rejected=len(outcome.rejected),
         recharges_started=outcome.runs_started or None,
     )
     for reason in outcome.rejected:
-        log.warning("usage.rejected", message_id=message_id, reason=reason)
+        log.warning("usage.rejected", reason=reason)
 
 
 # Input errors never raise (they become rejected_usage rows); what raises is a real fault,
@@ -95,14 +93,14 @@ async def _submit(decoded: Decoded, actor_name: str) -> None:
 @dramatiq.actor(actor_name=ACTOR_RECORD_USAGE, queue_name=QUEUE_USAGE)
 @message_context()
 async def record_usage(*args: Any, **kwargs: Any) -> None:
-    decoded = decode_single(args, kwargs, message_id=_message_id(), actor_name=ACTOR_RECORD_USAGE)
-    await _submit(decoded, ACTOR_RECORD_USAGE)
+    message_id = _message_id()
+    decoded = decode_single(args, kwargs, message_id=message_id, actor_name=ACTOR_RECORD_USAGE)
+    await _submit(decoded, ACTOR_RECORD_USAGE, message_id)
 
 
 @dramatiq.actor(actor_name=ACTOR_RECORD_USAGE_BATCH, queue_name=QUEUE_USAGE)
 @message_context()
 async def record_usage_batch(*args: Any, **kwargs: Any) -> None:
-    decoded = decode_batch(
-        args, kwargs, message_id=_message_id(), actor_name=ACTOR_RECORD_USAGE_BATCH
-    )
-    await _submit(decoded, ACTOR_RECORD_USAGE_BATCH)
+    message_id = _message_id()
+    decoded = decode_batch(args, kwargs, message_id=message_id, actor_name=ACTOR_RECORD_USAGE_BATCH)
+    await _submit(decoded, ACTOR_RECORD_USAGE_BATCH, message_id)
