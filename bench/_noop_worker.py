@@ -1,4 +1,8 @@
-"""No-op actors on the same broker factory, middleware and queue as the balance worker.
+"""No-op actors with the same middleware and queue as the balance worker.
+
+The reference is dramatiq as it comes: a stock `RedisBroker` (one Redis call per ack). With
+CONTACTO_BENCH_NOOP_BROKER=grouped it runs on our broker instead (grouped acks,
+config/grouped_acks.py), which shows what that change saves on its own.
 
 Run by bench/pipeline.py as `python -m dramatiq bench._noop_worker --queues usage` (cwd = the
 repository root). The messages it consumes carry the very same payload as `record_usage`
@@ -8,13 +12,16 @@ own cost per message (fetch, decode, middleware, thread hand-off, ack).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import dramatiq
+from dramatiq.brokers.redis import RedisBroker
 
 from common.logging import configure_logging
 from common.names import QUEUE_USAGE
 from config.broker import setup_broker
+from config.grouped_acks import GroupedAckRedisBroker
 from config.settings import get_settings
 
 NOOP_ASYNC = "bench_noop_async"
@@ -22,7 +29,8 @@ NOOP_SYNC = "bench_noop_sync"
 
 settings = get_settings()
 configure_logging(settings.log_format)
-broker = setup_broker(settings)
+grouped = os.environ.get("CONTACTO_BENCH_NOOP_BROKER") == "grouped"
+broker = setup_broker(settings, broker_class=GroupedAckRedisBroker if grouped else RedisBroker)
 
 
 @dramatiq.actor(actor_name=NOOP_ASYNC, queue_name=QUEUE_USAGE)

@@ -12,6 +12,7 @@ from typing import Any
 
 import dramatiq
 import structlog
+from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage
 
 from common.balance_service import Submission, apply_submissions
@@ -26,7 +27,9 @@ from workers._resources import ResourcesMiddleware, resources
 
 settings = get_settings()
 configure_logging(settings.log_format)
-broker = setup_broker(settings, extra_middleware=[ResourcesMiddleware(settings)])
+broker = setup_broker(
+    settings, extra_middleware=[ResourcesMiddleware(settings)], broker_class=RedisBroker
+)
 log = structlog.get_logger("bench.plain")
 policy = PolicyConfig.from_settings(settings)
 

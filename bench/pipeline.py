@@ -1,6 +1,6 @@
 """End-to-end throughput of the usage pipeline: Redis broker, worker processes, PostgreSQL.
 
-    .venv/bin/python bench/pipeline.py [--events N] [--processes 2] [--threads 8] [--quick]
+    .venv/bin/python bench/pipeline.py [--events N] [--processes 2] [--threads 64] [--quick]
 
 Every phase is measured the same way. The queue is filled first, then the worker processes are
 started; the clock starts when every worker process has fetched from the queue (its broker id
@@ -81,6 +81,8 @@ class Phase:
     actor: str = ""  # actor name on the messages (worker phases)
     accounts: int = 0  # 0: no database work (no-op phases)
     target: str = ""  # "ratio" (>= 70 % of noop-async) or "rate" (>= 25,000 events/s)
+    env: tuple[tuple[str, str], ...] = ()  # extra worker environment for this phase
+    baseline: bool = False  # a reference phase: runs with --baseline-threads (dramatiq's 8)
 
     @property
     def messages(self) -> int:
@@ -92,13 +94,16 @@ def plan(args: argparse.Namespace) -> list[Phase]:
     balance = "workers.balance"
     noop_n = args.noop_events or n
     phases = [
-        Phase("noop-async", "worker", "async no-op actor, same broker factory and queue",
-              noop_n, module="bench._noop_worker", actor=NOOP_ASYNC),
-        Phase("noop-sync", "worker", "sync no-op actor, same broker factory and queue",
-              noop_n, module="bench._noop_worker", actor=NOOP_SYNC),
+        Phase("noop-async", "worker", "async no-op actor, stock RedisBroker, same middleware "
+              "and queue", noop_n, module="bench._noop_worker", actor=NOOP_ASYNC, baseline=True),
+        Phase("noop-sync", "worker", "sync no-op actor, stock RedisBroker, same middleware "
+              "and queue", noop_n, module="bench._noop_worker", actor=NOOP_SYNC, baseline=True),
+        Phase("noop-grouped", "worker", "async no-op actor on our broker (grouped acks)",
+              noop_n, module="bench._noop_worker", actor=NOOP_ASYNC, baseline=True,
+              env=(("CONTACTO_BENCH_NOOP_BROKER", "grouped"),)),
         Phase("plain-1tx", "worker", "record_usage, one transaction per message (no group "
-              "commit)", max(1, n // 2), module="bench._plain_worker",
-              actor=ACTOR_RECORD_USAGE, accounts=acc),
+              "commit), stock RedisBroker", max(1, n // 2), module="bench._plain_worker",
+              actor=ACTOR_RECORD_USAGE, accounts=acc, baseline=True),
         Phase("single", "worker", f"record_usage via workers.balance, {acc} accounts", n,
               module=balance, actor=ACTOR_RECORD_USAGE, accounts=acc, target="ratio"),
         Phase("single-hot", "worker", "record_usage via workers.balance, ONE account",
@@ -118,7 +123,8 @@ def plan(args: argparse.Namespace) -> list[Phase]:
             raise SystemExit(f"unknown phase(s): {', '.join(sorted(unknown))}")
         return [p for p in phases if p.name in wanted]
     if args.quick:
-        return [p for p in phases if p.name not in {"noop-sync", "plain-1tx", "single-hot"}]
+        skipped = {"noop-sync", "noop-grouped", "plain-1tx", "single-hot"}
+        return [p for p in phases if p.name not in skipped]
     return phases
 
 
@@ -639,9 +645,10 @@ class Bench:
             await self.create_accounts(phase)
         await self.prefill(namespace, messages)
         del events
+        threads = self.args.baseline_threads if phase.baseline else self.args.threads
         say(
             f"{phase.name}: {len(messages)} messages queued; starting "
-            f"{self.args.processes} x {self.args.threads} {phase.module}"
+            f"{self.args.processes} x {threads} {phase.module}"
         )
         assert self.admin is not None
         await self.admin.execute("CHECKPOINT")
@@ -649,9 +656,10 @@ class Bench:
 
         log = self.logdir / f"{phase.name}.log"
         argv = [sys.executable, "-m", "dramatiq", phase.module, "--processes",
-                str(self.args.processes), "--threads", str(self.args.threads), "--queues",
+                str(self.args.processes), "--threads", str(threads), "--queues",
                 QUEUE_USAGE]  # fmt: skip
-        proc = await self.spawn(argv, self.child_env(namespace), log)
+        env = self.child_env(namespace) | dict(phase.env)
+        proc = await self.spawn(argv, env, log)
         profiler = await self.start_profiler(phase, proc.pid)
         try:
             window = await self.watch(namespace, proc, len(messages), log)
@@ -761,7 +769,7 @@ class Bench:
             spec = {
                 "run": self.run, "phase": phase.name, "events": phase.events,
                 "batch": phase.batch, "accounts": phase.accounts, "index": index,
-                "of": self.args.processes, "tasks": self.args.threads,
+                "of": self.args.processes, "tasks": self.args.connections,
                 "occurred_at": self.occurred_at,
             }  # fmt: skip
             argv = [sys.executable, str(SELF), "--direct-child",
@@ -773,7 +781,7 @@ class Bench:
             )
         say(
             f"{phase.name}: {phase.events} events, {self.args.processes} processes x "
-            f"{self.args.threads} connections"
+            f"{self.args.connections} connections"
         )
         try:
             for child in children:
@@ -805,7 +813,7 @@ class Bench:
         result = Result(
             phase=phase.name, kind=phase.kind, what=phase.what, events=phase.events,
             messages=0, seconds=round(seconds, 3), rate=round(phase.events / seconds, 1),
-            method=f"{self.args.processes} processes x {self.args.threads} asyncpg "
+            method=f"{self.args.processes} processes x {self.args.connections} asyncpg "
                    "connections, 'go' -> last 'done'",
             cpu_cores=cpu,
         )  # fmt: skip
@@ -1025,8 +1033,9 @@ def report(
         file=out,
     )
     print(
-        f"workers: {args.processes} processes x {args.threads} threads per worker phase; "
-        f"direct: {args.processes} processes x {args.threads} asyncpg connections",
+        f"workers: {args.processes} processes x {args.threads} threads (workers.balance), "
+        f"x {args.baseline_threads} threads (no-op and plain-1tx references); "
+        f"direct: {args.processes} processes x {args.connections} asyncpg connections",
         file=out,
     )
     print(
@@ -1105,7 +1114,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--accounts", type=int, default=1000)
     p.add_argument("--processes", type=int, default=2)
-    p.add_argument("--threads", type=int, default=8)
+    # The balance worker as deployed (Procfile: 64 threads); the references as dramatiq runs
+    # out of the box (8 threads, its default).
+    p.add_argument("--threads", type=int, default=64, help="threads of workers.balance phases")
+    p.add_argument(
+        "--baseline-threads",
+        type=int,
+        default=8,
+        help="threads of the no-op and plain-1tx reference phases (dramatiq's default)",
+    )
+    p.add_argument(
+        "--connections", type=int, default=8, help="asyncpg connections per direct process"
+    )
     p.add_argument(
         "--quick",
         action="store_true",

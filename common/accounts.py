@@ -11,13 +11,16 @@ from common.policy import AccountSnapshot
 
 # Rows are locked in id order so that two transactions touching the same accounts can never
 # wait on each other in a cycle.
-LOCK_ACCOUNTS = """
-SELECT a.id, a.currency, a.balance, a.status, a.auto_recharge_enabled, a.balance_amount,
-       a.recharge_amount, a.recharge_mode, a.max_recharge_amount, a.retry_tier,
+# What the policy and the recharge start read of a locked account (`a`); also selected by the
+# debit statement (common/debits.py), which locks its accounts itself.
+ACCOUNT_COLUMNS = """a.id, a.currency, a.balance, a.status, a.auto_recharge_enabled,
+       a.balance_amount, a.recharge_amount, a.recharge_mode, a.max_recharge_amount, a.retry_tier,
        a.last_failure_at, a.payment_method, a.gateway_customer_id,
        EXISTS (SELECT 1 FROM recharge_runs r
                WHERE r.account_id = a.id AND r.kind = 'auto' AND r.state IN ('pending', 'failing'))
-           AS auto_run_in_flight,
+           AS auto_run_in_flight"""
+LOCK_ACCOUNTS = f"""
+SELECT {ACCOUNT_COLUMNS},
        now() AS db_now
 FROM accounts a
 WHERE a.id = ANY($1::text[])

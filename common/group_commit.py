@@ -58,7 +58,9 @@ class GroupCommitter(Generic[Work, Result]):
         self._queue.append(pending)
         self._queued_size += size
         self._kick()
-        return await asyncio.shield(pending.future)
+        # Each submitter has a future of its own: cancelling one (dramatiq's time limit or
+        # shutdown) leaves the flush, and the other submitters, alone.
+        return await pending.future
 
     def _kick(self) -> None:
         while self._queue and (

@@ -35,18 +35,23 @@ def parse_amount(value: object, *, field: str = "amount") -> Decimal:
     lost exactness), empty text, signs, exponents, NaN/Infinity, non-ASCII digits, white space,
     zero, too many decimals, too many integer digits.
     """
-    if isinstance(value, bool) or not isinstance(value, str):
-        kind = "a number" if isinstance(value, int | float) else type(value).__name__
+    if type(value) is not str:
+        kind = (
+            "a number"
+            if isinstance(value, int | float) and not isinstance(value, bool)
+            else type(value).__name__
+        )
         raise MoneyError(f"{field} must be a decimal string, got {kind}")
-    if value == "":
-        raise MoneyError(f"{field} is empty")
-    lowered = value.strip().lower()
-    if lowered.lstrip("+-") in {"nan", "snan", "inf", "infinity"}:
-        raise MoneyError(f"{field} must be a finite number, got {value!r}")
-    if value.startswith("-"):
-        raise MoneyError(f"{field} must be positive, got {value!r}")
+    # Hot path (every usage event): the pattern admits only digits and one point, so anything
+    # it matches is none of the special cases below; those only name what is wrong.
     match = _AMOUNT_RE.fullmatch(value)
     if match is None:
+        if value == "":
+            raise MoneyError(f"{field} is empty")
+        if value.strip().lower().lstrip("+-") in {"nan", "snan", "inf", "infinity"}:
+            raise MoneyError(f"{field} must be a finite number, got {value!r}")
+        if value.startswith("-"):
+            raise MoneyError(f"{field} must be positive, got {value!r}")
         raise MoneyError(
             f"{field} must look like 12.345678 (digits, optional point), got {value!r}"
         )

@@ -33,7 +33,9 @@ AccountStatus = Literal["active", "suspended"]
 RechargeMode = Literal["repeat", "single"]
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is built per account per debit transaction, and a frozen dataclass's
+# __init__ costs several times a plain one. The policy never mutates it.
+@dataclass(slots=True)
 class AccountSnapshot:
     """What the policy needs to know about an account, read under the account's row lock."""
 
@@ -66,6 +68,13 @@ class Hold:
 
 RechargeDecision = StartRecharge | Hold
 
+# Most debits end in one of these: shared instances, since a Hold is immutable.
+_DISABLED = Hold("disabled")
+_SUSPENDED = Hold("suspended")
+_IN_FLIGHT = Hold("in_flight")
+_ABOVE_THRESHOLD = Hold("above_threshold")
+_ABOVE_ARMED_LEVEL = Hold("above_armed_level")
+
 
 def armed_level(balance_amount: Decimal, tier: int) -> Decimal:
     if not 0 <= tier <= MAX_TIER:
@@ -78,20 +87,20 @@ def decide_recharge(
 ) -> RechargeDecision:
     """Must an automatic recharge start now?"""
     if not account.auto_recharge_enabled or account.balance_amount is None:
-        return Hold("disabled")
+        return _DISABLED
     if account.status == "suspended":
         # Only a new card or a manual recharge brings a suspended account back.
-        return Hold("suspended")
+        return _SUSPENDED
     if account.auto_run_in_flight:
-        return Hold("in_flight")
+        return _IN_FLIGHT
     tier = account.retry_tier
     level = armed_level(account.balance_amount, tier)
     if tier == 0:
         if account.balance < level:
             return StartRecharge(tier=0, level=level)
-        return Hold("above_threshold")
+        return _ABOVE_THRESHOLD
     if account.balance > level:
-        return Hold("above_armed_level")
+        return _ABOVE_ARMED_LEVEL
     if account.last_failure_at is not None:
         due = account.last_failure_at + retry_min_interval
         if now < due:

@@ -19,6 +19,7 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
+from config.grouped_acks import GroupedAckRedisBroker
 from config.settings import Settings, get_settings
 
 # A recharge run may wait on a slow gateway several times; anything longer is stuck.
@@ -30,10 +31,13 @@ def build_broker(
     *,
     extra_middleware: Iterable[Middleware] = (),
     client: Any = None,
+    broker_class: type[RedisBroker] = GroupedAckRedisBroker,
 ) -> RedisBroker:
     """Build a RedisBroker with explicit retry values.
 
     `client` lets fast unit tests pass a fakeredis client; everything else uses REDIS_URL.
+    `broker_class`: acks are grouped (config/grouped_acks.py); the benchmark's reference no-op
+    worker passes dramatiq's stock RedisBroker.
     """
     settings = settings or get_settings()
     middleware: list[Middleware] = [
@@ -63,13 +67,16 @@ def build_broker(
         kwargs["client"] = client
     else:
         kwargs["url"] = settings.redis_url
-    return RedisBroker(**kwargs)  # type: ignore[no-untyped-call]
+    return broker_class(**kwargs)
 
 
 def setup_broker(
-    settings: Settings | None = None, *, extra_middleware: Iterable[Middleware] = ()
+    settings: Settings | None = None,
+    *,
+    extra_middleware: Iterable[Middleware] = (),
+    broker_class: type[RedisBroker] = GroupedAckRedisBroker,
 ) -> RedisBroker:
     """Build the broker and make it dramatiq's global one (worker modules call this first)."""
-    broker = build_broker(settings, extra_middleware=extra_middleware)
+    broker = build_broker(settings, extra_middleware=extra_middleware, broker_class=broker_class)
     dramatiq.set_broker(broker)
     return broker

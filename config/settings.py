@@ -49,14 +49,16 @@ class Settings(BaseSettings):
     retries_max_backoff_ms: int = Field(300_000, validation_alias="CONTACTO_RETRIES_MAX_BACKOFF_MS")
     run_max_charges: int = Field(10, validation_alias="CONTACTO_RUN_MAX_CHARGES")
     db_pool_size: int = Field(5, validation_alias="CONTACTO_DB_POOL_SIZE")
-    # Group commit: how many concurrently delivered usage messages one transaction may take.
+    # Group commit: how many events of concurrently delivered usage messages one transaction may
+    # take. Single events from 64 threads make groups of ~30; batches of 100 go two at a time:
+    # bigger transactions hold more account locks for longer, and the other process waits.
     usage_coalesce_max_events: int = Field(
-        2000, validation_alias="CONTACTO_USAGE_COALESCE_MAX_EVENTS"
+        200, validation_alias="CONTACTO_USAGE_COALESCE_MAX_EVENTS"
     )
     # Group-commit transactions running at once per balance worker process. A second one starts
     # only when CONTACTO_USAGE_OVERLAP_MIN_EVENTS wait: single-event messages then coalesce into
     # fewer, larger transactions, while big batches overlap database and Python time.
-    usage_max_in_flight: int = Field(2, validation_alias="CONTACTO_USAGE_MAX_IN_FLIGHT")
+    usage_max_in_flight: int = Field(3, validation_alias="CONTACTO_USAGE_MAX_IN_FLIGHT")
     usage_overlap_min_events: int = Field(200, validation_alias="CONTACTO_USAGE_OVERLAP_MIN_EVENTS")
     relay_poll_interval_s: float = Field(1.0, validation_alias="CONTACTO_RELAY_POLL_INTERVAL_S")
     relay_batch_size: int = Field(500, validation_alias="CONTACTO_RELAY_BATCH_SIZE")

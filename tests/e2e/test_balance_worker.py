@@ -178,7 +178,10 @@ async def test_killed_between_commit_and_publish_the_recharge_message_still_arri
     first_relay = Proc([sys.executable, "-m", "workers.relay"], crash_env, "relay")
     assert first_relay.wait_exit(timeout_s=30) != 0
     first_relay.stop()
-    charges = await _charge_messages(namespace)
+    runs = await conn.fetch("SELECT id FROM recharge_runs WHERE account_id = $1", acct)
+    assert len(runs) == 1
+    # The relay publishes every unsent outbox row of the database, other tests' included.
+    charges = await _charge_messages(namespace, runs[0]["id"])
     assert len(charges) == 1
     # 3. Restarted: the relay publishes the row again (at-least-once, same message id), and the
     #    redelivered usage message is recognised as a duplicate: still one debit, one run.
@@ -197,18 +200,20 @@ async def test_killed_between_commit_and_publish_the_recharge_message_still_arri
             what="outbox row sent",
         )
         await until(lambda: _queue_drained(namespace), bool, timeout_s=30, what="redelivery")
-    charges = await _charge_messages(namespace)
+    charges = await _charge_messages(namespace, runs[0]["id"])
     assert len(charges) == 2 and len({c["message_id"] for c in charges}) == 1
-    runs = await conn.fetch("SELECT id FROM recharge_runs WHERE account_id = $1", acct)
-    assert len(runs) == 1 and charges[0]["kwargs"] == {"run_id": runs[0]["id"]}
+    assert (
+        await conn.fetchval("SELECT count(*) FROM recharge_runs WHERE account_id = $1", acct) == 1
+    )
     balance, total, _ = await balance_and_ledger(conn, acct)
     assert balance == total == 10
 
 
-async def _charge_messages(namespace: str) -> list[dict[str, Any]]:
+async def _charge_messages(namespace: str, run_id: int) -> list[dict[str, Any]]:
     client = redis.Redis.from_url(Settings().redis_url)
     try:
         ids = client.lrange(f"{namespace}:charges", 0, -1)
-        return [json.loads(client.hget(f"{namespace}:charges.msgs", i)) for i in ids]
+        messages = [json.loads(client.hget(f"{namespace}:charges.msgs", i)) for i in ids]
+        return [m for m in messages if m["kwargs"] == {"run_id": run_id}]
     finally:
         client.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -13,7 +13,8 @@ import asyncpg
 import pytest
 
 from common.balance_service import apply_submissions
-from common.debits import Incoming
+from common.db.engine import raw_connection
+from common.debits import _DEBIT, Incoming
 from common.usage import parse_event
 from tests.support.factories import (
     POLICY,
@@ -231,3 +232,121 @@ async def test_ids_postgresql_cannot_store_are_rejected_and_kept_escaped(
         f"{marker}%",
     )
     assert len(stored) == 3
+
+
+async def test_a_debit_that_waited_for_the_account_lock_uses_the_balance_it_waited_for(
+    engine: Any, conn: Any
+) -> None:
+    """The debit statement's snapshot predates its lock: balances must come from the lock.
+
+    A holds the account's lock and moves the balance (a credit), B's debit waits on that lock
+    inside its one statement; when A commits, B must build on A's balance, not on the one its
+    snapshot saw.
+    """
+    acct = new_id()
+    await create_account(conn, acct, balance="100")
+    async with raw_connection(engine) as holder:
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", acct)
+        debit = asyncio.create_task(
+            apply_submissions(engine, POLICY, [submission(event(acct, "1"))])
+        )
+        await until_waiting_on_a_lock(conn)
+        await holder.execute("UPDATE accounts SET balance = balance + 50 WHERE id = $1", acct)
+        await holder.execute(
+            "INSERT INTO ledger_entries (account_id, amount, balance_after, kind, reference) "
+            "VALUES ($1, 50, 150, 'credit', $2)",
+            acct,
+            f"while-waiting-{acct}",
+        )
+        await tx.commit()
+        [outcome] = await debit
+    assert outcome.applied == 1
+    balance, total, _ = await balance_and_ledger(conn, acct)
+    assert balance == total == 149
+    after = await conn.fetchval(
+        "SELECT balance_after FROM ledger_entries WHERE account_id = $1 AND kind = 'usage'", acct
+    )
+    assert after == 149
+
+
+async def until_waiting_on_a_lock(conn: Any) -> None:
+    for _ in range(500):
+        if await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND datname = current_database()"
+        ):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the debit never waited on the account lock")
+
+
+async def test_an_in_batch_repeat_of_a_rejected_event_gets_the_same_reason(
+    engine: Any, conn: Any
+) -> None:
+    acct = new_id()
+    await create_account(conn, acct, balance="10")
+    ghost = event(new_id("ghost"), "1")
+    reused_elsewhere = dict(event(acct, "1"), event_id=ghost["event_id"])
+    [outcome] = await apply_submissions(
+        engine, POLICY, [submission(ghost, dict(ghost), reused_elsewhere)]
+    )
+    assert outcome.applied == 0 and outcome.duplicates == 0
+    assert [r.split(" ")[0] for r in outcome.rejected] == ["unknown", "unknown", "event_id"]
+    assert "reused with a different account or amount" in outcome.rejected[2]
+    balance, total, _ = await balance_and_ledger(conn, acct)
+    assert balance == total == 10
+
+
+async def test_the_ledger_of_one_transaction_follows_arrival_order(engine: Any, conn: Any) -> None:
+    acct = new_id()
+    await create_account(conn, acct, balance="10")
+    # ids sorting against arrival: the statement claims in id order, the ledger keeps arrival
+    events = [event(acct, amount, event_id=f"{acct}-{9 - n}") for n, amount in enumerate("123")]
+    await apply_submissions(engine, POLICY, [submission(*events)])
+    rows = await conn.fetch(
+        "SELECT amount, balance_after FROM ledger_entries WHERE account_id = $1 "
+        "AND kind = 'usage' ORDER BY id",
+        acct,
+    )
+    assert [(r["amount"], r["balance_after"]) for r in rows] == [(-1, 9), (-2, 7), (-3, 4)]
+
+
+@pytest.mark.parametrize("events", [3, 300])
+async def test_the_debit_statement_generic_plan_stays_linear(conn: Any, events: int) -> None:
+    """The hot connections run generic plans, in which every CTE is estimated at a row or two.
+
+    A join between two CTEs then becomes a nested loop, quadratic in the events (it cost 16 ms
+    of 23 for 300 events): none may appear, whatever the size.
+    """
+    arrays = (
+        [[f"e{i}" for i in range(events)]] * 2
+        + [["1"] * events]
+        + [[datetime.now(UTC).isoformat()] * events]
+        + [["voice"] * events, ["USD"] * events, sorted({f"e{i}" for i in range(events)})]
+    )
+    types = ["text[]", "text[]", "text[]", "timestamptz[]", "text[]", "text[]", "text[]"]
+    literals = ", ".join(
+        "ARRAY[" + ", ".join(f"'{v}'" for v in values) + f"]::{kind}"
+        for values, kind in zip(arrays, types, strict=True)
+    )
+    await conn.execute("SET plan_cache_mode = force_generic_plan")
+    try:
+        name = f"debit_plan_{events}"
+        await conn.execute(
+            f"PREPARE {name} (text[], text[], text[], timestamptz[], text[], text[], text[]) "
+            f"AS {_DEBIT}"
+        )
+        plan = [r[0] for r in await conn.fetch(f"EXPLAIN (COSTS OFF) EXECUTE {name} ({literals})")]
+        await conn.execute(f"DEALLOCATE {name}")
+    finally:
+        await conn.execute("RESET plan_cache_mode")
+    text = "\n".join(plan)
+    assert "$7" in text, text  # a generic plan: parameters, not the values
+    assert "Join Filter" not in text, text  # the quadratic pattern: a nested loop over CTEs
+    # The one nested loop allowed: the UPDATE looking each account up by its primary key.
+    assert text.count("Nested Loop") <= 1, text
+    if "Nested Loop" in text:
+        assert "Index Cond: (id = t_1.account_id)" in text, text
+    assert "hashed SubPlan" in text, text
