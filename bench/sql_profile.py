@@ -126,7 +126,7 @@ class _ProbeTransaction:
 def label(sql: str) -> str:
     text = " ".join(sql.split())
     for needle, name in (
-        ("WITH input AS", "debit statement (events + ledger + balances)"),
+        ("WITH input AS", "debit statement (lock + events + ledger + balances)"),
         ("FOR UPDATE", "SELECT accounts ... FOR UPDATE (lock_accounts)"),
         ("INSERT INTO usage_events", "INSERT usage_events ... ON CONFLICT DO NOTHING"),
         ("INSERT INTO ledger_entries", "INSERT ledger_entries"),
