@@ -19,6 +19,7 @@ ACCOUNT_COLUMNS = """a.id, a.currency, a.balance, a.status, a.auto_recharge_enab
        EXISTS (SELECT 1 FROM recharge_runs r
                WHERE r.account_id = a.id AND r.kind = 'auto' AND r.state IN ('pending', 'failing'))
            AS auto_run_in_flight"""
+ACCOUNT_COLUMN_COUNT = 14  # of ACCOUNT_COLUMNS: the debit statement pads its other rows to it
 LOCK_ACCOUNTS = f"""
 SELECT {ACCOUNT_COLUMNS},
        now() AS db_now

@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from common.accounts import ACCOUNT_COLUMNS, snapshot
+from common.accounts import ACCOUNT_COLUMN_COUNT, ACCOUNT_COLUMNS, snapshot
 from common.policy import StartRecharge, decide_recharge
 from common.recharge_start import PolicyConfig, start_auto_run
 from common.usage import Rejection, UsageEvent
@@ -40,8 +40,8 @@ class DebitResult:
 
 
 # One statement for the whole debit: lock the accounts, claim the event ids, write the ledger
-# rows with their running balance, move the balances. One round trip, and no Python runs while
-# the account locks are held except the policy check that follows it.
+# rows with their running balance, move the balances. One round trip: while the account locks
+# are held, the only Python that runs is the handling of this result and the policy check.
 #
 # Order inside the statement, which is what keeps it free of deadlocks: `claimed` sorts its
 # rows, so it reads all of `valid`, hence all of `locked`, before it inserts anything; every
@@ -97,7 +97,7 @@ SELECT l.*, m.balance AS new_balance, now() AS db_now,
        NULL::text AS event_id, NULL::boolean AS valid
 FROM locked l LEFT JOIN moved m USING (id)
 UNION ALL
-SELECT {", ".join(["NULL"] * 14)}, NULL, NULL,
+SELECT {", ".join(["NULL"] * ACCOUNT_COLUMN_COUNT)}, NULL, NULL,
        i.event_id, v.event_id IS NOT NULL
 FROM input i LEFT JOIN valid v USING (event_id) LEFT JOIN claimed c USING (event_id)
 WHERE c.event_id IS NULL
