@@ -18,6 +18,13 @@ import asyncpg
 
 from common.db.engine import CONNECTION_ERRORS
 
+# Generic plans: the same few statements run thousands of times a second, and re-planning them
+# per execution cost more than executing the lock query. A generic plan is kept for the
+# connection's life, though, and one made while a table was small (a new database, statistics
+# not yet refreshed) may scan it whole on every debit: no sequential scans on these
+# connections, where every read is by key.
+HOT_SETTINGS: dict[str, str] = {"plan_cache_mode": "force_generic_plan", "enable_seqscan": "off"}
+
 
 class HotPool:
     def __init__(self, dsn: str, size: int) -> None:
@@ -49,11 +56,7 @@ class HotPool:
         if self._idle.empty() and self._open < self._size:
             self._open += 1
             try:
-                # Generic plans: the same few statements run thousands of times a second, and
-                # re-planning them per execution cost more than executing the lock query.
-                return await asyncpg.connect(
-                    self._dsn, server_settings={"plan_cache_mode": "force_generic_plan"}
-                )
+                return await asyncpg.connect(self._dsn, server_settings=dict(HOT_SETTINGS))
             except BaseException:
                 self._open -= 1
                 raise
