@@ -18,10 +18,10 @@ from typing import Any
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
+from common.broker.factory import setup_broker
+from common.broker.grouped_acks import GroupedAckRedisBroker
 from common.logging import configure_logging
 from common.names import QUEUE_USAGE
-from config.broker import setup_broker
-from config.grouped_acks import GroupedAckRedisBroker
 from config.settings import get_settings
 
 NOOP_ASYNC = "bench_noop_async"

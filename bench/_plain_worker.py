@@ -15,13 +15,13 @@ import structlog
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage
 
-from common.balance_service import Submission, apply_submissions
-from common.debits import Incoming
+from common.broker.factory import setup_broker
 from common.logging import configure_logging
 from common.names import ACTOR_RECORD_USAGE, QUEUE_USAGE
-from common.recharge_start import PolicyConfig
-from common.usage import decode_single
-from config.broker import setup_broker
+from common.recharge.config import PolicyConfig
+from common.usage.debits import Incoming
+from common.usage.decode import decode_single
+from common.usage.service import Submission, apply_submissions
 from config.settings import get_settings
 from workers._resources import ResourcesMiddleware, resources
 

@@ -41,8 +41,8 @@ import asyncpg
 import dramatiq
 import redis.asyncio as aioredis
 
+from common.broker.publish import chunked, usage_batch_message, usage_message
 from common.names import ACTOR_RECORD_USAGE, ACTOR_RECORD_USAGE_BATCH, QUEUE_USAGE
-from common.publish import chunked, usage_batch_message, usage_message
 
 SELF = Path(__file__).resolve()
 REPO = SELF.parents[1]
@@ -876,10 +876,10 @@ def judge(result: Result, phase: Phase, noop_rate: float | None) -> None:
 
 async def direct_child(spec: dict[str, Any]) -> None:
     from common.db.engine import create_engine, raw_connection
-    from common.debits import DebitResult, Incoming, apply_usage
-    from common.pg import retry_conflicts
-    from common.recharge_start import PolicyConfig
-    from common.usage import decode_batch, decode_single
+    from common.db.errors import retry_conflicts
+    from common.recharge.config import PolicyConfig
+    from common.usage.debits import DebitResult, Incoming, apply_usage
+    from common.usage.decode import decode_batch, decode_single
     from config.settings import Settings
 
     settings = Settings()

@@ -33,7 +33,7 @@ from typing import Any
 import asyncpg
 
 from common.names import ACTOR_RECORD_USAGE_BATCH
-from common.recharge_start import PolicyConfig
+from common.recharge.config import PolicyConfig
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432"
 POLICY = PolicyConfig(retry_min_interval=timedelta(seconds=1800), run_max_charges=10)
@@ -140,8 +140,8 @@ def label(sql: str) -> str:
 
 
 def make_items(run: str, start: int, count: int, accounts: int) -> list[Any]:
-    from common.debits import Incoming
-    from common.usage import decode_batch
+    from common.usage.debits import Incoming
+    from common.usage.decode import decode_batch
 
     now = datetime.now(UTC).isoformat()
     events = [
@@ -166,7 +166,7 @@ async def profile(
     txns: int, batch: int, accounts: int, run: str, session_sql: str | None
 ) -> list[str]:
     from common.db.engine import create_engine, raw_connection
-    from common.debits import apply_usage
+    from common.usage.debits import apply_usage
     from config.settings import Settings
 
     settings = Settings()

@@ -10,6 +10,9 @@ from typing import Any
 
 import asyncpg
 
+from common.accounts.ledger import charge_reference_sql
+from common.recharge.policy import MAX_TIER
+
 
 @dataclass(frozen=True, slots=True)
 class Check:
@@ -79,20 +82,21 @@ CHECKS: tuple[Check, ...] = (
     Check(
         "charges_credited_once",
         "every succeeded charge is credited exactly once, for its amount; nothing else is",
-        """
+        f"""
         SELECT c.id AS charge_id, c.account_id, c.status, c.amount, l.n AS credits,
                l.amount AS credited
         FROM charges c
         LEFT JOIN (SELECT reference, count(*) AS n, sum(amount) AS amount
                    FROM ledger_entries WHERE kind = 'recharge' GROUP BY reference) l
-            ON l.reference = 'charge-' || c.id
+            ON l.reference = {charge_reference_sql("c.id")}
         WHERE (c.status = 'succeeded' AND (l.n IS DISTINCT FROM 1 OR l.amount <> c.amount))
            OR (c.status <> 'succeeded' AND l.n IS NOT NULL)
         UNION ALL
         SELECT NULL, l.account_id, 'no such charge', NULL, 1, l.amount
         FROM ledger_entries l
         WHERE l.kind = 'recharge'
-          AND NOT EXISTS (SELECT 1 FROM charges c WHERE 'charge-' || c.id = l.reference)
+          AND NOT EXISTS (SELECT 1 FROM charges c
+                          WHERE {charge_reference_sql("c.id")} = l.reference)
         """,
     ),
     Check(
@@ -107,8 +111,8 @@ CHECKS: tuple[Check, ...] = (
     Check(
         "tier_matches_charges",
         "the retry tier equals the failed automatic attempts since the last successful "
-        "charge (at most 4), and a suspended account is at tier 4",
-        """
+        f"charge (at most {MAX_TIER}), and a suspended account is at tier {MAX_TIER}",
+        f"""
         WITH last_success AS (
             SELECT account_id, max(id) AS charge_id FROM charges
             WHERE status = 'succeeded' GROUP BY account_id
@@ -119,12 +123,13 @@ CHECKS: tuple[Check, ...] = (
             WHERE c.status = 'failed' AND c.id > coalesce(s.charge_id, 0)
             GROUP BY c.account_id
         )
-        SELECT a.id AS account_id, a.status, a.retry_tier, least(coalesce(f.n, 0), 4) AS expected
+        SELECT a.id AS account_id, a.status, a.retry_tier,
+               least(coalesce(f.n, 0), {MAX_TIER}) AS expected
         FROM accounts a LEFT JOIN failures f ON f.account_id = a.id
         WHERE NOT EXISTS (SELECT 1 FROM recharge_runs r WHERE r.account_id = a.id
                           AND r.state = 'failing')
-          AND (a.retry_tier <> least(coalesce(f.n, 0), 4)
-               OR (a.status = 'suspended' AND a.retry_tier <> 4))
+          AND (a.retry_tier <> least(coalesce(f.n, 0), {MAX_TIER})
+               OR (a.status = 'suspended' AND a.retry_tier <> {MAX_TIER}))
         """,
     ),
     Check(

@@ -11,8 +11,8 @@ import os
 
 from dramatiq.middleware import Middleware
 
+from common.broker.factory import setup_broker
 from common.logging import configure_logging
-from config.broker import setup_broker
 from config.settings import get_settings
 from workers._resources import ResourcesMiddleware
 

@@ -16,14 +16,14 @@ import dramatiq
 import structlog
 from dramatiq.middleware import CurrentMessage
 
-from common.balance_service import Outcome, Submission, apply_submissions
 from common.crashpoints import crash_point
-from common.debits import Incoming
-from common.group_commit import GroupCommitter
 from common.metrics import metrics
 from common.names import ACTOR_RECORD_USAGE, ACTOR_RECORD_USAGE_BATCH, QUEUE_USAGE
-from common.recharge_start import PolicyConfig
-from common.usage import Decoded, decode_batch, decode_single
+from common.recharge.config import PolicyConfig
+from common.usage.debits import Incoming
+from common.usage.decode import Decoded, decode_batch, decode_single
+from common.usage.group_commit import GroupCommitter
+from common.usage.service import Outcome, Submission, apply_submissions
 from workers._broker import broker, settings  # noqa: F401  (declares the broker first)
 from workers._context import message_context
 from workers._resources import hot_pool

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import dramatiq
 
-from common.charging import ChargeLimits, run_to_completion
 from common.gateway import GatewayConfigError
-from common.limits import LimitError
 from common.names import ACTOR_RUN_RECHARGE, QUEUE_CHARGES
+from common.recharge.charging import run_to_completion
+from common.recharge.config import ChargeLimits
+from common.recharge.limits import LimitError
 from workers._broker import broker, settings  # noqa: F401  (declares the broker first)
 from workers._context import message_context
 from workers._resources import gateway, resources

@@ -17,13 +17,13 @@ import structlog
 from redis import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from common.broker.factory import build_broker
+from common.broker.inspect import queue_stats
 from common.db.engine import create_engine, raw_connection
 from common.logging import configure_logging
 from common.metrics import metrics, serve
 from common.names import OUTBOX_CHANNEL
-from common.queues import queue_stats
-from common.relay import Publisher, drain_once, outbox_lag, prune_sent
-from config.broker import build_broker
+from common.outbox.relay import Publisher, drain_once, outbox_lag, prune_sent
 from config.settings import Settings, get_settings
 
 log = structlog.get_logger("workers.relay")

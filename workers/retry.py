@@ -12,11 +12,11 @@ import dramatiq
 import structlog
 
 from common.db.engine import raw_connection
-from common.ladder import recheck_tier as recheck
-from common.ladder import record_failure as handle_failure
 from common.metrics import metrics
 from common.names import ACTOR_RECHECK_TIER, ACTOR_RECORD_FAILURE, QUEUE_RETRIES
-from common.recharge_start import PolicyConfig
+from common.recharge.config import PolicyConfig
+from common.recharge.ladder import recheck_tier as recheck
+from common.recharge.ladder import record_failure as handle_failure
 from workers._broker import broker, settings  # noqa: F401  (declares the broker first)
 from workers._context import message_context
 from workers._resources import resources

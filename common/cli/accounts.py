@@ -7,7 +7,8 @@ from typing import Any
 
 import asyncpg
 
-from common.admin import AdminError, create_account, credit_account, show_account
+from common.accounts.store import AccountError
+from common.accounts.support import create_account, credit_account, show_account
 from common.cli._common import CliError, amount_arg, print_json, run, to_jsonable, with_conn
 from common.money import MoneyError
 
@@ -51,7 +52,7 @@ def _guard(fn: Any) -> Any:
     async def wrapped(conn: asyncpg.Connection[Any]) -> Any:
         try:
             return await fn(conn)
-        except (AdminError, MoneyError) as exc:
+        except (AccountError, MoneyError) as exc:
             raise CliError(str(exc)) from None
 
     return wrapped

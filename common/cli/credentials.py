@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from common.cli._common import CliError, print_json, run, with_conn
-from common.credentials import (
+from common.credentials.logins import (
     MAX_TTL,
     CredentialsError,
     IssuedCredentials,

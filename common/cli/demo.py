@@ -62,7 +62,7 @@ def _positive_float(text: str) -> float:
 
 def _demo(args: argparse.Namespace) -> int:
     # Imported here: the other commands must not pay for (or depend on) the demo's imports.
-    from common.demo import DemoOptions, run_demo
+    from common.demo.run import DemoOptions, run_demo
 
     return run_demo(
         DemoOptions(

@@ -10,9 +10,7 @@ from typing import Any
 
 import redis
 
-from common.cli._common import CliError, print_json
-from common.cli.queues import redis_client, render_table
-from common.queues import (
+from common.broker.inspect import (
     DeadLetter,
     dead_count,
     dead_letters,
@@ -20,6 +18,8 @@ from common.queues import (
     purge_dead,
     requeue_dead,
 )
+from common.cli._common import CliError, print_json
+from common.cli.queues import redis_client, render_table
 from config.settings import get_settings
 
 PREVIEW_CHARS = 80

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from common.broker.factory import build_broker
+from common.broker.publish import chunked, usage_batch_message, usage_message
 from common.cli._common import CliError, amount_arg, print_json, run, with_conn
 from common.names import ACTOR_RECORD_USAGE, ACTOR_RECORD_USAGE_BATCH, QUEUE_USAGE
-from common.publish import chunked, usage_batch_message, usage_message
-from config.broker import build_broker
 from config.settings import get_settings
 
 

@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 
 import redis
 
+from common.broker.inspect import live_workers, queue_stats
 from common.cli._common import CliError, print_json
-from common.queues import live_workers, queue_stats
 from config.settings import Settings, get_settings
 
 CLEAR_SCREEN = "\033[H\033[2J"

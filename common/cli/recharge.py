@@ -10,23 +10,17 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
-from common.admin import AdminError
+from common.accounts.store import AccountError
 from common.cli._common import CliError, amount_arg, engine_for, print_json, run, to_jsonable
 from common.db.engine import raw_connection
 from common.gateway import CardRejected, GatewayError, build_gateway
-from common.limits import LimitError
 from common.money import MoneyError
-from common.recharge_admin import (
-    FINAL_RUN_STATES,
-    attach_card,
-    request_manual_recharge,
-    run_summary,
-    set_auto_recharge,
-    set_max_recharge,
-)
+from common.recharge.limits import LimitError
+from common.recharge.manual import FINAL_RUN_STATES, request_manual_recharge, run_summary
+from common.recharge.settings import attach_card, set_auto_recharge, set_max_recharge
 from config.settings import get_settings
 
-REFUSALS = (AdminError, LimitError, MoneyError, CardRejected)
+REFUSALS = (AccountError, LimitError, MoneyError, CardRejected)
 
 
 def register_under_accounts(acc: Any) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from common.admin import list_rejected
 from common.cli._common import print_json, run, to_jsonable, with_conn
+from common.usage.rejected import list_rejected
 
 
 def register(sub: Any) -> None:

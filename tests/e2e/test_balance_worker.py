@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import redis
 
-from common.publish import usage_batch_message, usage_message
-from config.broker import build_broker
+from common.broker.factory import build_broker
+from common.broker.publish import usage_batch_message, usage_message
 from config.settings import Settings
 from tests.support.factories import balance_and_ledger, create_account, event, new_id
 from tests.support.procs import Proc, dramatiq_worker, relay, running, worker_env

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from common.publish import usage_message
-from config.broker import build_broker
+from common.broker.factory import build_broker
+from common.broker.publish import usage_message
 from config.settings import Settings
 from tests.support.factories import create_account, event, new_id
 from tests.support.localstripe import free_port

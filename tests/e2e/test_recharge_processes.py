@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from common.broker.factory import build_broker
+from common.broker.publish import usage_message
 from common.gateway.simulated import SimulatedGateway, delete_state, inject_faults
-from common.publish import usage_message
-from config.broker import build_broker
 from config.settings import Settings
 from tests.support import localstripe
 from tests.support.factories import balance_and_ledger, create_account, event, new_id

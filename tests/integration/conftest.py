@@ -8,7 +8,7 @@ import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from config.broker import build_broker
+from common.broker.factory import build_broker
 from config.settings import Settings
 
 

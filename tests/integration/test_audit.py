@@ -11,10 +11,10 @@ import asyncpg
 import pytest
 
 from common.audit import run_audit
-from common.balance_service import apply_submissions
 from common.cli.main import main
 from common.db.engine import create_engine, raw_connection
 from common.db.migrate import upgrade
+from common.usage.service import apply_submissions
 from config.settings import Settings, get_settings
 from tests.conftest import PG_ADMIN_URL
 from tests.support.factories import POLICY, create_account, event, new_id, submission

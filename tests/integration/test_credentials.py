@@ -21,11 +21,11 @@ import asyncpg
 import pytest
 import structlog
 
-import common.credentials as credentials_module
-from common import passwords
+import common.credentials.logins as credentials_module
 from common.cli._common import CliError
 from common.cli.credentials import register_under_accounts
-from common.credentials import (
+from common.credentials import passwords
+from common.credentials.logins import (
     MAX_FAILED_ATTEMPTS,
     AlreadyUsedError,
     ExpiredError,

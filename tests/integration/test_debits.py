@@ -12,11 +12,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from common.balance_service import apply_submissions
 from common.db.engine import raw_connection
 from common.db.hotpool import HOT_SETTINGS
-from common.debits import _DEBIT, Incoming
-from common.usage import parse_event
+from common.usage.debits import _DEBIT, Incoming
+from common.usage.decode import parse_event
+from common.usage.service import apply_submissions
 from tests.support.factories import (
     POLICY,
     balance_and_ledger,

@@ -16,8 +16,8 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
 
 from common import names
+from common.broker.inspect import dead_letters, queue_stats, requeue_dead
 from common.cli.main import main
-from common.queues import dead_letters, queue_stats, requeue_dead
 from config.settings import Settings, get_settings
 
 Cli = tuple[int, str, str]

@@ -11,10 +11,10 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.errors import ConnectionClosed
 
+from common.broker.factory import build_broker
+from common.broker.grouped_acks import GroupedAckConsumer, GroupedAckRedisBroker
+from common.broker.publish import usage_message
 from common.names import QUEUE_USAGE
-from common.publish import usage_message
-from config.broker import build_broker
-from config.grouped_acks import GroupedAckConsumer, GroupedAckRedisBroker
 from config.settings import Settings
 
 

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import structlog
 
-from common.charging import run_to_completion
 from common.gateway import TransientGatewayError
 from common.gateway.stripe_gateway import StripeGateway
 from common.logging import configure_logging
+from common.recharge.charging import run_to_completion
 from config.settings import Settings
 from tests.support.factories import create_account, new_id
 from tests.support.localstripe import free_port

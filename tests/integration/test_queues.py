@@ -18,9 +18,9 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
 
 from common import names
+from common.broker.inspect import QueueStats, live_workers, queue_stats
 from common.cli.main import main
 from common.cli.queues import CLEAR_SCREEN
-from common.queues import QueueStats, live_workers, queue_stats
 from config.settings import Settings, get_settings
 
 TIMEOUT_MS = 10_000

@@ -14,19 +14,15 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from common.balance_service import apply_submissions
-from common.charging import ChargeLimits, next_step, record_outcome, run_to_completion
 from common.gateway import GatewayConfigError, TransientGatewayError
 from common.gateway.simulated import SimulatedGateway, delete_state, inject_faults
-from common.ladder import recheck_tier, record_failure
-from common.limits import LimitError
-from common.recharge_admin import (
-    attach_card,
-    request_manual_recharge,
-    set_auto_recharge,
-    set_max_recharge,
-)
-from common.recharge_start import PolicyConfig
+from common.recharge.charging import next_step, record_outcome, run_to_completion
+from common.recharge.config import ChargeLimits, PolicyConfig
+from common.recharge.ladder import recheck_tier, record_failure
+from common.recharge.limits import LimitError
+from common.recharge.manual import request_manual_recharge
+from common.recharge.settings import attach_card, set_auto_recharge, set_max_recharge
+from common.usage.service import apply_submissions
 from config.settings import Settings
 from tests.support.factories import balance_and_ledger, create_account, event, new_id, submission
 from tests.support.pipeline import (
@@ -396,7 +392,7 @@ async def test_limits_are_enforced_with_clear_reasons(conn: Any) -> None:
 async def test_manual_recharges_credit_once_and_failures_leave_the_tier_alone(
     engine: Any, conn: Any, sim: Any
 ) -> None:
-    from common.admin import AdminError
+    from common.accounts.store import AccountError as AdminError
 
     acct = new_id()
     await create_account(conn, acct, balance="5")
@@ -422,7 +418,7 @@ async def test_manual_recharges_credit_once_and_failures_leave_the_tier_alone(
 
 
 async def test_a_support_credit_reactivates_a_suspended_account(conn: Any) -> None:
-    from common.admin import credit_account
+    from common.accounts.support import credit_account
 
     acct = new_id()
     await create_account(

@@ -9,10 +9,10 @@ from typing import Any
 
 import asyncpg
 
-from common.balance_service import Submission
-from common.debits import Incoming
-from common.recharge_start import PolicyConfig
-from common.usage import decode_batch
+from common.recharge.config import PolicyConfig
+from common.usage.debits import Incoming
+from common.usage.decode import decode_batch
+from common.usage.service import Submission
 
 POLICY = PolicyConfig(retry_min_interval=timedelta(seconds=1800), run_max_charges=10)
 

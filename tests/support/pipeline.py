@@ -6,11 +6,11 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from common.charging import ChargeLimits, run_to_completion
 from common.db.engine import raw_connection
 from common.gateway import PaymentGateway
-from common.ladder import record_failure
-from common.recharge_start import PolicyConfig
+from common.recharge.charging import run_to_completion
+from common.recharge.config import ChargeLimits, PolicyConfig
+from common.recharge.ladder import record_failure
 from config.settings import Settings
 
 TEST_SETTINGS = Settings(  # type: ignore[call-arg]

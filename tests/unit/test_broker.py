@@ -5,9 +5,9 @@ from __future__ import annotations
 import fakeredis
 from dramatiq.middleware import AsyncIO, Retries
 
+from common.broker.factory import build_broker
+from common.broker.publish import usage_batch_message, usage_message
 from common.names import ACTOR_RECORD_USAGE, QUEUE_USAGE
-from common.publish import usage_batch_message, usage_message
-from config.broker import build_broker
 from config.settings import Settings
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from common.group_commit import GroupCommitter
+from common.usage.group_commit import GroupCommitter
 
 
 async def test_concurrent_submissions_are_grouped_and_answered_in_order() -> None:

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common import passwords
-from common.passwords import (
+from common.credentials import passwords
+from common.credentials.passwords import (
     MIN_LENGTH,
     character_class,
     generate_temporary_password,

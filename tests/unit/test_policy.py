@@ -9,7 +9,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from common.policy import (
+from common.recharge.policy import (
     MAX_TIER,
     AccountSnapshot,
     ArmTier,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common.usage import decode_batch, decode_single, parse_event
+from common.usage.decode import decode_batch, decode_single, parse_event
 
 GOOD: dict[str, Any] = {
     "event_id": "ev-1",

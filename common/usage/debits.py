@@ -15,10 +15,12 @@ from typing import Any
 
 import asyncpg
 
-from common.accounts import ACCOUNT_COLUMN_COUNT, ACCOUNT_COLUMNS, snapshot
-from common.policy import StartRecharge, decide_recharge
-from common.recharge_start import PolicyConfig, start_auto_run
-from common.usage import Rejection, UsageEvent
+from common.accounts.store import ACCOUNT_COLUMN_COUNT, ACCOUNT_COLUMNS, snapshot
+from common.recharge.config import PolicyConfig
+from common.recharge.policy import StartRecharge, decide_recharge
+from common.recharge.runs import start_auto_run
+from common.usage.decode import Rejection, UsageEvent
+from common.usage.rejected import store_rejections
 
 
 @dataclass(slots=True)  # not frozen: built per event on the hot path (see UsageEvent)
@@ -105,13 +107,6 @@ WHERE c.event_id IS NULL
 _EXISTING_EVENTS = """
 SELECT event_id, account_id, amount FROM usage_events WHERE event_id = ANY($1::text[])
 """
-_INSERT_REJECTIONS = """
-INSERT INTO rejected_usage (fingerprint, message_id, actor_name, event_id, account_id, reason,
-                            payload)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::text[])
-ON CONFLICT (fingerprint) DO NOTHING
-"""
 
 
 def reject(item: Incoming, reason: str) -> Rejection:
@@ -122,21 +117,6 @@ def reject(item: Incoming, reason: str) -> Rejection:
         item.actor_name,
         item.event.event_id,
         item.event.account_id,
-    )
-
-
-async def store_rejections(conn: asyncpg.Connection[Any], rejections: Sequence[Rejection]) -> None:
-    if not rejections:
-        return
-    await conn.execute(
-        _INSERT_REJECTIONS,
-        [r.fingerprint for r in rejections],
-        [r.message_id for r in rejections],
-        [r.actor_name for r in rejections],
-        [r.event_id for r in rejections],
-        [r.account_id for r in rejections],
-        [r.reason for r in rejections],
-        [r.payload_json() for r in rejections],
     )
 
 

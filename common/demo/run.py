@@ -27,10 +27,11 @@ import redis
 import redis.asyncio as aioredis
 from sqlalchemy.engine import make_url
 
-from common import demo_scenarios as scenarios
+from common.broker.factory import build_broker
 from common.db.migrate import upgrade
-from common.demo_procs import Honcho, expected_ready, procfile_processes
-from common.demo_services import (
+from common.demo import scenarios
+from common.demo.procs import Honcho, expected_ready, procfile_processes
+from common.demo.services import (
     DemoError,
     EmbeddedChoice,
     EmbeddedPostgres,
@@ -44,9 +45,8 @@ from common.demo_services import (
     safe_url,
     with_database,
 )
-from common.demo_timeline import Timeline
+from common.demo.timeline import Timeline
 from common.gateway import build_gateway
-from config.broker import build_broker
 from config.settings import Settings, get_settings
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,8 +17,9 @@ from typing import Any, TextIO, cast
 import asyncpg
 import redis.asyncio as aioredis
 
+from common.accounts.ledger import charge_reference_sql
 from common.money import format_amount
-from common.policy import TIER_FRACTIONS
+from common.recharge.policy import TIER_FRACTIONS
 
 LAG = timedelta(seconds=0.5)
 # Rows are tracked by id; ids are allocated before commit, so a window below the highest
@@ -29,12 +30,12 @@ _LEDGER = """
 SELECT id, account_id, amount, balance_after, kind, reference, memo, created_at
 FROM ledger_entries WHERE id > $1 AND kind <> 'recharge' ORDER BY id
 """
-_CHARGES = """
+_CHARGES = f"""
 SELECT c.id, c.account_id, c.amount, c.status, c.failure_code, c.idempotency_key,
        c.updated_at, r.tier, r.kind, r.trigger, r.target_amount, l.balance_after
 FROM charges c
 JOIN recharge_runs r ON r.id = c.run_id
-LEFT JOIN ledger_entries l ON l.kind = 'recharge' AND l.reference = 'charge-' || c.id
+LEFT JOIN ledger_entries l ON l.kind = 'recharge' AND l.reference = {charge_reference_sql("c.id")}
 WHERE c.id > $1 AND c.status IN ('succeeded', 'failed')
 ORDER BY c.id
 """

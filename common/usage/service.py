@@ -11,11 +11,11 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.db.engine import raw_connection
+from common.db.errors import INPUT_ERRORS, retry_conflicts
 from common.db.hotpool import HotPool
-from common.debits import DebitResult, Incoming, apply_usage, reject
-from common.pg import INPUT_ERRORS, retry_conflicts
-from common.recharge_start import PolicyConfig
-from common.usage import Rejection
+from common.recharge.config import PolicyConfig
+from common.usage.debits import DebitResult, Incoming, apply_usage, reject
+from common.usage.decode import Rejection
 
 log = structlog.get_logger(__name__)
 

@@ -3,17 +3,15 @@ transaction, at most one in flight per account (the partial unique index decides
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
 
 from common.names import ACTOR_RUN_RECHARGE
-from common.outbox import enqueue_message
-from common.policy import StartRecharge
-from config.settings import Settings
+from common.outbox.store import enqueue_message
+from common.recharge.config import PolicyConfig
+from common.recharge.policy import StartRecharge
 
 _INSERT_RUN = """
 INSERT INTO recharge_runs
@@ -22,19 +20,6 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 ON CONFLICT (account_id, kind) WHERE state IN ('pending', 'failing') DO NOTHING
 RETURNING id
 """
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyConfig:
-    retry_min_interval: timedelta
-    run_max_charges: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> PolicyConfig:
-        return cls(
-            retry_min_interval=timedelta(seconds=settings.retry_min_interval_s),
-            run_max_charges=settings.run_max_charges,
-        )
 
 
 async def start_run(

@@ -1,4 +1,5 @@
-"""Reading accounts under their row lock, and turning a row into the policy's snapshot."""
+"""The accounts table: its SQL, reading accounts under their row lock, and turning a locked row
+into the policy's snapshot."""
 
 from __future__ import annotations
 
@@ -7,12 +8,17 @@ from typing import Any
 
 import asyncpg
 
-from common.policy import AccountSnapshot
+from common.recharge.policy import AccountSnapshot
+
+
+class AccountError(Exception):
+    """A refusal with a one-line reason (unknown account, duplicate id, …)."""
+
 
 # Rows are locked in id order so that two transactions touching the same accounts can never
 # wait on each other in a cycle.
 # What the policy and the recharge start read of a locked account (`a`); also selected by the
-# debit statement (common/debits.py), which locks its accounts itself.
+# debit statement (common/usage/debits.py), which locks its accounts itself.
 ACCOUNT_COLUMNS = """a.id, a.currency, a.balance, a.status, a.auto_recharge_enabled,
        a.balance_amount, a.recharge_amount, a.recharge_mode, a.max_recharge_amount, a.retry_tier,
        a.last_failure_at, a.payment_method, a.gateway_customer_id,
@@ -64,3 +70,55 @@ def snapshot(row: Any, *, balance: Any = None) -> AccountSnapshot:
         last_failure_at=row["last_failure_at"],
         auto_run_in_flight=row["auto_run_in_flight"],
     )
+
+
+async def require_account(conn: asyncpg.Connection[Any], account_id: str) -> asyncpg.Record:
+    """Lock the account (inside the caller's transaction) or refuse: unknown account."""
+    row = await lock_account(conn, account_id)
+    if row is None:
+        raise AccountError(f"unknown account {account_id!r}")
+    return row
+
+
+_INSERT_ACCOUNT = "INSERT INTO accounts (id, currency) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING"
+_FETCH_ACCOUNT = """
+SELECT a.*, (SELECT coalesce(sum(amount), 0) FROM ledger_entries l
+             WHERE l.account_id = a.id) AS ledger_sum
+FROM accounts a WHERE a.id = $1
+"""
+_FETCH_CHARGES = """
+SELECT c.amount, c.status, c.idempotency_key, r.kind, c.created_at, c.failure_code, c.run_id
+FROM charges c JOIN recharge_runs r ON r.id = c.run_id
+WHERE c.account_id = $1 ORDER BY c.id
+"""
+_FETCH_RUNS_IN_FLIGHT = """
+SELECT id, kind, state, tier, trigger FROM recharge_runs
+WHERE account_id = $1 AND state IN ('pending', 'failing') ORDER BY id
+"""
+_ACCOUNT_CURRENCY = "SELECT currency FROM accounts WHERE id = $1"
+
+
+async def insert_account(conn: asyncpg.Connection[Any], account_id: str, currency: str) -> bool:
+    """False when the id is taken."""
+    status: str = await conn.execute(_INSERT_ACCOUNT, account_id, currency)
+    return not status.endswith(" 0")
+
+
+async def fetch_account(conn: asyncpg.Connection[Any], account_id: str) -> asyncpg.Record | None:
+    """The whole row and the sum of its ledger (no lock)."""
+    return await conn.fetchrow(_FETCH_ACCOUNT, account_id)
+
+
+async def fetch_charges(conn: asyncpg.Connection[Any], account_id: str) -> list[asyncpg.Record]:
+    return list(await conn.fetch(_FETCH_CHARGES, account_id))
+
+
+async def fetch_runs_in_flight(
+    conn: asyncpg.Connection[Any], account_id: str
+) -> list[asyncpg.Record]:
+    return list(await conn.fetch(_FETCH_RUNS_IN_FLIGHT, account_id))
+
+
+async def account_currency(conn: asyncpg.Connection[Any], account_id: str) -> str | None:
+    currency: str | None = await conn.fetchval(_ACCOUNT_CURRENCY, account_id)
+    return currency

@@ -1,4 +1,5 @@
-"""Recharge settings and manual recharges: the card on file, auto-recharge, limits."""
+"""Recharge settings of an account: the card on file, auto-recharge (T, R, mode), and the
+per-account maximum support can raise."""
 
 from __future__ import annotations
 
@@ -8,16 +9,14 @@ from typing import Any
 
 import asyncpg
 
-from common.accounts import lock_account, snapshot
-from common.admin import AdminError, require_account
+from common.accounts.store import AccountError, lock_account, require_account, snapshot
 from common.gateway import PaymentGateway
-from common.limits import check_recharge_amount
 from common.money import check_fits_minor_unit
-from common.policy import StartRecharge, decide_recharge
-from common.recharge_start import PolicyConfig, start_auto_run, start_run
+from common.recharge.config import PolicyConfig
+from common.recharge.limits import check_recharge_amount
+from common.recharge.policy import StartRecharge, decide_recharge
+from common.recharge.runs import start_auto_run, start_run
 from config.settings import Settings
-
-FINAL_RUN_STATES = ("succeeded", "failed", "capped")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +36,7 @@ async def attach_card(
     """Put a card on file; on a failing or suspended account, fire an attempt at once."""
     row = await conn.fetchrow("SELECT gateway_customer_id FROM accounts WHERE id = $1", account_id)
     if row is None:
-        raise AdminError(f"unknown account {account_id!r}")
+        raise AccountError(f"unknown account {account_id!r}")
     # The gateway call happens outside the transaction; attaching twice is harmless.
     attached = await gw.attach_card(
         account_id=account_id, customer_id=row["gateway_customer_id"], payment_method=payment_method
@@ -128,52 +127,3 @@ async def set_max_recharge(
             account_id,
             amount,
         )
-
-
-async def request_manual_recharge(
-    conn: asyncpg.Connection[Any], account_id: str, amount: Decimal, settings: Settings
-) -> int:
-    async with conn.transaction():
-        account = await require_account(conn, account_id)
-        check_recharge_amount(
-            amount,
-            account["currency"],
-            minimum=settings.min_recharge_amount,
-            global_max=settings.max_recharge_amount,
-            account_max=account["max_recharge_amount"],
-        )
-        if account["payment_method"] is None:
-            raise AdminError(
-                f"account {account_id!r} has no card on file "
-                "(contacto-billing accounts card ACCOUNT --payment-method PM)"
-            )
-        run_id = await start_run(
-            conn,
-            account_id=account_id,
-            kind="manual",
-            trigger="manual",
-            tier=account["retry_tier"],
-            target_amount=None,
-            recharge_amount=amount,
-            mode="repeat",
-            max_charges=1,
-        )
-        if run_id is None:
-            raise AdminError(f"a manual recharge of account {account_id!r} is already in progress")
-        return run_id
-
-
-async def run_summary(conn: asyncpg.Connection[Any], run_id: int) -> dict[str, Any]:
-    run = await conn.fetchrow(
-        "SELECT r.id, r.account_id, r.kind, r.state, r.error, a.balance, a.status "
-        "FROM recharge_runs r JOIN accounts a ON a.id = r.account_id WHERE r.id = $1",
-        run_id,
-    )
-    if run is None:
-        raise AdminError(f"unknown recharge run {run_id}")
-    charges = await conn.fetch(
-        "SELECT amount, status, idempotency_key, failure_code FROM charges WHERE run_id = $1 "
-        "ORDER BY seq",
-        run_id,
-    )
-    return {**dict(run), "charges": [dict(c) for c in charges]}

@@ -7,15 +7,23 @@ from typing import Any
 
 import asyncpg
 
-from common.accounts import lock_account, lock_run, snapshot
+from common.accounts.store import lock_account, lock_run, snapshot
 from common.names import (
     ACTOR_RECHECK_TIER,
     EVENT_ACCOUNT_SUSPENDED,
     EVENT_RECHARGE_FAILED,
 )
-from common.outbox import emit_event, enqueue_message
-from common.policy import ArmTier, Hold, StartRecharge, after_failed_attempt, decide_recharge
-from common.recharge_start import PolicyConfig, start_auto_run
+from common.outbox.store import emit_event, enqueue_message
+from common.recharge.config import PolicyConfig
+from common.recharge.policy import (
+    MAX_TIER,
+    ArmTier,
+    Hold,
+    StartRecharge,
+    after_failed_attempt,
+    decide_recharge,
+)
+from common.recharge.runs import start_auto_run
 
 
 async def record_failure(conn: asyncpg.Connection[Any], run_id: int, config: PolicyConfig) -> str:
@@ -75,10 +83,11 @@ async def record_failure(conn: asyncpg.Connection[Any], run_id: int, config: Pol
             )
             return f"armed_tier_{decision.tier}"
         await conn.execute(
-            "UPDATE accounts SET status = 'suspended', retry_tier = 4, last_failure_at = $2, "
+            "UPDATE accounts SET status = 'suspended', retry_tier = $3, last_failure_at = $2, "
             "suspended_at = coalesce(suspended_at, now()), updated_at = now() WHERE id = $1",
             account["id"],
             failed_at,
+            MAX_TIER,
         )
         await emit_event(
             conn, EVENT_RECHARGE_FAILED, {**event, "next_tier": None, "suspended": True}

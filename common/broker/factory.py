@@ -19,7 +19,7 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
-from config.grouped_acks import GroupedAckRedisBroker
+from common.broker.grouped_acks import GroupedAckRedisBroker
 from config.settings import Settings, get_settings
 
 # A recharge run may wait on a slow gateway several times; anything longer is stuck.

@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import IO
 
-from common.demo_services import DemoError
+from common.demo.services import DemoError
 
 READY_TEXT = "ready for action"
 RELAY_READY_TEXT = "relay.started"

@@ -21,8 +21,8 @@ import asyncpg
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from common.accounts import lock_run
-from common.admin import apply_credit
+from common.accounts.ledger import apply_credit, charge_reference
+from common.accounts.store import lock_run
 from common.crashpoints import crash_point
 from common.db.engine import raw_connection
 from common.gateway import (
@@ -34,28 +34,18 @@ from common.gateway import (
     PaymentGateway,
     TransientGatewayError,
 )
-from common.limits import LimitError, check_recharge_amount, effective_max
 from common.metrics import metrics
 from common.names import (
     ACTOR_RECORD_FAILURE,
     EVENT_RECHARGE_CAPPED,
     EVENT_RECHARGE_SUCCEEDED,
 )
-from common.outbox import emit_event, enqueue_message
-from common.policy import ChargeAgain, RunCapped, RunDone, RunStep, next_run_step
-from config.settings import Settings
+from common.outbox.store import emit_event, enqueue_message
+from common.recharge.config import ChargeLimits
+from common.recharge.limits import LimitError, check_recharge_amount, effective_max
+from common.recharge.policy import ChargeAgain, RunCapped, RunDone, RunStep, next_run_step
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class ChargeLimits:
-    minimum: Decimal
-    global_max: Decimal
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ChargeLimits:
-        return cls(settings.min_recharge_amount, settings.max_recharge_amount)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +224,7 @@ async def record_outcome(
                 account,
                 charge.amount,
                 kind="recharge",
-                reference=f"charge-{charge.charge_id}",
+                reference=charge_reference(charge.charge_id),
                 memo=charge.idempotency_key,
             )
             await conn.execute(

@@ -19,13 +19,13 @@ from typing import Any, TextIO
 import asyncpg
 from dramatiq.brokers.redis import RedisBroker
 
-from common.admin import create_account, credit_account
-from common.demo_procs import Honcho
-from common.demo_services import DemoError
-from common.demo_timeline import Timeline, money
+from common.accounts.support import create_account, credit_account
+from common.broker.publish import usage_message
+from common.demo.procs import Honcho
+from common.demo.services import DemoError
+from common.demo.timeline import Timeline, money
 from common.gateway import PaymentGateway
-from common.publish import usage_message
-from common.recharge_admin import attach_card, set_auto_recharge
+from common.recharge.settings import attach_card, set_auto_recharge
 from config.settings import Settings
 
 T = Decimal(100)  # the FAQ's Balance Amount

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import asyncpg
 import structlog
 
-from common import passwords
+from common.credentials import passwords
 
 log = structlog.get_logger(__name__)
 
