@@ -1,7 +1,7 @@
 """Reference point: the balance worker's `record_usage` without group commit.
 
 Same decoding, same service (`apply_submissions`: one pooled connection, one transaction via
-`common.debits.apply_usage`), same log line, but each message is its own transaction. This is
+`common.usage.debits.apply_usage`), same log line, but each message is its own transaction. This is
 the "plain actor doing one transaction per message" the targets are stated against. Run by
 bench/pipeline.py as `python -m dramatiq bench._plain_worker --queues usage`.
 """
@@ -19,9 +19,8 @@ from common.broker.factory import setup_broker
 from common.logging import configure_logging
 from common.names import ACTOR_RECORD_USAGE, QUEUE_USAGE
 from common.recharge.config import PolicyConfig
-from common.usage.debits import Incoming
 from common.usage.decode import decode_single
-from common.usage.service import Submission, apply_submissions
+from common.usage.service import apply_submissions
 from config.settings import get_settings
 from workers._resources import ResourcesMiddleware, resources
 
@@ -38,15 +37,7 @@ policy = PolicyConfig.from_settings(settings)
 async def record_usage(*args: Any, **kwargs: Any) -> None:
     message = CurrentMessage.get_current_message()
     message_id = message.message_id if message is not None else None
-    decoded = decode_single(args, kwargs, message_id=message_id, actor_name=ACTOR_RECORD_USAGE)
-    sub = Submission(
-        message_id=message_id,
-        items=[
-            Incoming(ev, message_id, ACTOR_RECORD_USAGE, raw)
-            for ev, raw in zip(decoded.events, decoded.raws, strict=True)
-        ],
-        rejections=decoded.rejections,
-    )
+    sub = decode_single(args, kwargs, message_id=message_id, actor_name=ACTOR_RECORD_USAGE)
     [outcome] = await apply_submissions(resources().engine, policy, [sub])
     log.info(
         "usage.recorded",

@@ -878,8 +878,8 @@ async def direct_child(spec: dict[str, Any]) -> None:
     from common.db.engine import create_engine, raw_connection
     from common.db.errors import retry_conflicts
     from common.recharge.config import PolicyConfig
-    from common.usage.debits import DebitResult, Incoming, apply_usage
-    from common.usage.decode import decode_batch, decode_single
+    from common.usage.debits import DebitResult, apply_usage
+    from common.usage.decode import Incoming, decode_batch, decode_single
     from config.settings import Settings
 
     settings = Settings()
@@ -903,12 +903,7 @@ async def direct_child(spec: dict[str, Any]) -> None:
             actor = ACTOR_RECORD_USAGE_BATCH
             decoded = decode_batch((), {"events": chunk}, message_id=mid, actor_name=actor)
         assert not decoded.rejections, decoded.rejections
-        units.append(
-            [
-                Incoming(ev, mid, actor, raw)
-                for ev, raw in zip(decoded.events, decoded.raws, strict=True)
-            ]
-        )
+        units.append(decoded.items)
 
     tasks_n: int = spec["tasks"]
     engine = create_engine(settings, pool_size=tasks_n)

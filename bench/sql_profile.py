@@ -140,7 +140,6 @@ def label(sql: str) -> str:
 
 
 def make_items(run: str, start: int, count: int, accounts: int) -> list[Any]:
-    from common.usage.debits import Incoming
     from common.usage.decode import decode_batch
 
     now = datetime.now(UTC).isoformat()
@@ -155,11 +154,9 @@ def make_items(run: str, start: int, count: int, accounts: int) -> list[Any]:
         }
         for i in range(start, start + count)
     ]
-    decoded = decode_batch((), {"events": events}, message_id=run, actor_name="bench")
-    return [
-        Incoming(ev, run, ACTOR_RECORD_USAGE_BATCH, raw)
-        for ev, raw in zip(decoded.events, decoded.raws, strict=True)
-    ]
+    return decode_batch(
+        (), {"events": events}, message_id=run, actor_name=ACTOR_RECORD_USAGE_BATCH
+    ).items
 
 
 async def profile(

@@ -20,10 +20,9 @@ from common.crashpoints import crash_point
 from common.metrics import metrics
 from common.names import ACTOR_RECORD_USAGE, ACTOR_RECORD_USAGE_BATCH, QUEUE_USAGE
 from common.recharge.config import PolicyConfig
-from common.usage.debits import Incoming
-from common.usage.decode import Decoded, decode_batch, decode_single
+from common.usage.decode import Submission, decode_batch, decode_single
 from common.usage.group_commit import GroupCommitter
-from common.usage.service import Outcome, Submission, apply_submissions
+from common.usage.service import Outcome, apply_submissions
 from workers._broker import broker, settings  # noqa: F401  (declares the broker first)
 from workers._context import message_context
 from workers._resources import hot_pool
@@ -59,15 +58,7 @@ def _message_id() -> str | None:
     return message.message_id if message is not None else None
 
 
-async def _submit(decoded: Decoded, actor_name: str, message_id: str | None) -> None:
-    sub = Submission(
-        message_id=message_id,
-        items=[
-            Incoming(ev, message_id, actor_name, raw)
-            for ev, raw in zip(decoded.events, decoded.raws, strict=True)
-        ],
-        rejections=decoded.rejections,
-    )
+async def _submit(sub: Submission) -> None:
     outcome = await _get_committer().submit(sub, size=max(1, sub.size))
     crash_point("balance.after_commit")  # committed, not yet acknowledged
     m = metrics()
@@ -94,13 +85,13 @@ async def _submit(decoded: Decoded, actor_name: str, message_id: str | None) -> 
 @message_context()
 async def record_usage(*args: Any, **kwargs: Any) -> None:
     message_id = _message_id()
-    decoded = decode_single(args, kwargs, message_id=message_id, actor_name=ACTOR_RECORD_USAGE)
-    await _submit(decoded, ACTOR_RECORD_USAGE, message_id)
+    await _submit(decode_single(args, kwargs, message_id=message_id, actor_name=ACTOR_RECORD_USAGE))
 
 
 @dramatiq.actor(actor_name=ACTOR_RECORD_USAGE_BATCH, queue_name=QUEUE_USAGE)
 @message_context()
 async def record_usage_batch(*args: Any, **kwargs: Any) -> None:
     message_id = _message_id()
-    decoded = decode_batch(args, kwargs, message_id=message_id, actor_name=ACTOR_RECORD_USAGE_BATCH)
-    await _submit(decoded, ACTOR_RECORD_USAGE_BATCH, message_id)
+    await _submit(
+        decode_batch(args, kwargs, message_id=message_id, actor_name=ACTOR_RECORD_USAGE_BATCH)
+    )

@@ -49,7 +49,7 @@ from common.demo.timeline import Timeline
 from common.gateway import build_gateway
 from config.settings import Settings, get_settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 Scenario = Literal["faq", "ladder", "all"]
 
 

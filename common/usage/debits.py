@@ -19,18 +19,8 @@ from common.accounts.store import ACCOUNT_COLUMN_COUNT, ACCOUNT_COLUMNS, snapsho
 from common.recharge.config import PolicyConfig
 from common.recharge.policy import StartRecharge, decide_recharge
 from common.recharge.runs import start_auto_run
-from common.usage.decode import Rejection, UsageEvent
+from common.usage.decode import Incoming, Rejection
 from common.usage.rejected import store_rejections
-
-
-@dataclass(slots=True)  # not frozen: built per event on the hot path (see UsageEvent)
-class Incoming:
-    """An event and where it came from (kept with it if it is rejected later)."""
-
-    event: UsageEvent
-    message_id: str | None
-    actor_name: str
-    raw: Any
 
 
 @dataclass(slots=True)

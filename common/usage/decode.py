@@ -146,40 +146,56 @@ def _ids(obj: object) -> tuple[str | None, str | None]:
     )
 
 
+@dataclass(slots=True)  # not frozen: built per event on the hot path (see UsageEvent)
+class Incoming:
+    """An event and where it came from (kept with it if it is rejected later)."""
+
+    event: UsageEvent
+    message_id: str | None
+    actor_name: str
+    raw: Any  # the event object as received
+
+
 @dataclass(slots=True)
-class Decoded:
-    events: list[UsageEvent]
-    rejections: list[Rejection]
-    raws: list[Any] = field(default_factory=list)  # the raw object of each event, aligned
+class Submission:
+    """What one usage message asks for: its valid events and its rejections. The decoders below
+    are its only constructors; the balance worker hands it to the service as is."""
+
+    message_id: str | None
+    items: list[Incoming] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return len(self.items) + len(self.rejections)
+
+    @property
+    def events(self) -> list[UsageEvent]:
+        return [i.event for i in self.items]
 
 
 def decode_single(
     args: tuple[Any, ...], kwargs: dict[str, Any], *, message_id: str | None, actor_name: str
-) -> Decoded:
+) -> Submission:
     """`record_usage(**event)`: one event in keyword arguments."""
     payload: Any = {"args": list(args), "kwargs": kwargs} if args else kwargs
     if args:
-        return Decoded(
-            [],
-            [
-                _reject(
-                    "positional arguments are not accepted; send keyword arguments",
-                    payload,
-                    message_id,
-                    actor_name,
-                    kwargs,
-                )
-            ],
+        reason = "positional arguments are not accepted; send keyword arguments"
+        return Submission(
+            message_id, rejections=[_reject(reason, payload, message_id, actor_name, kwargs)]
         )
     try:
-        return Decoded([parse_event(kwargs)], [], [kwargs])
+        event = parse_event(kwargs)
     except UsageError as exc:
-        return Decoded([], [_reject(str(exc), payload, message_id, actor_name, kwargs)])
+        return Submission(
+            message_id, rejections=[_reject(str(exc), payload, message_id, actor_name, kwargs)]
+        )
+    return Submission(message_id, items=[Incoming(event, message_id, actor_name, kwargs)])
 
 
 def decode_batch(
     args: tuple[Any, ...], kwargs: dict[str, Any], *, message_id: str | None, actor_name: str
-) -> Decoded:
+) -> Submission:
     """`record_usage_batch(events=[...])`: each bad event rejected alone, the rest applied."""
     payload: Any = {"args": list(args), "kwargs": kwargs} if args else kwargs
     events = kwargs.get("events")
@@ -193,19 +209,20 @@ def decode_batch(
     elif not 1 <= len(events) <= MAX_BATCH_EVENTS:
         reason = f"events must hold 1 to {MAX_BATCH_EVENTS} events, got {len(events)}"
     if reason is not None:
-        return Decoded([], [Rejection(reason, payload, message_id, actor_name)])
+        return Submission(
+            message_id, rejections=[Rejection(reason, payload, message_id, actor_name)]
+        )
     assert isinstance(events, list)
-    decoded = Decoded([], [])
+    sub = Submission(message_id)
     now = datetime.now(UTC)
     for index, obj in enumerate(events):
         try:
-            decoded.events.append(parse_event(obj, now=now))
-            decoded.raws.append(obj)
+            sub.items.append(Incoming(parse_event(obj, now=now), message_id, actor_name, obj))
         except UsageError as exc:
-            decoded.rejections.append(
+            sub.rejections.append(
                 _reject(f"events[{index}]: {exc}", obj, message_id, actor_name, obj)
             )
-    return decoded
+    return sub
 
 
 def _reject(
@@ -213,17 +230,3 @@ def _reject(
 ) -> Rejection:
     event_id, account_id = _ids(source)
     return Rejection(reason, payload, message_id, actor_name, event_id, account_id)
-
-
-def event_payload(event: UsageEvent) -> dict[str, Any]:
-    """The contract's wire form of an event (what the upstream platform sends)."""
-    body: dict[str, Any] = {
-        "event_id": event.event_id,
-        "account_id": event.account_id,
-        "amount": str(event.amount),
-        "currency": event.currency,
-        "occurred_at": event.occurred_at.isoformat(),
-    }
-    if event.kind is not None:
-        body["kind"] = event.kind
-    return body

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -14,23 +14,10 @@ from common.db.engine import raw_connection
 from common.db.errors import INPUT_ERRORS, retry_conflicts
 from common.db.hotpool import HotPool
 from common.recharge.config import PolicyConfig
-from common.usage.debits import DebitResult, Incoming, apply_usage, reject
-from common.usage.decode import Rejection
+from common.usage.debits import DebitResult, apply_usage, reject
+from common.usage.decode import Incoming, Rejection, Submission
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass(slots=True)
-class Submission:
-    """What one usage message asks for: its valid events and its rejections."""
-
-    message_id: str | None
-    items: list[Incoming] = field(default_factory=list)
-    rejections: list[Rejection] = field(default_factory=list)
-
-    @property
-    def size(self) -> int:
-        return len(self.items) + len(self.rejections)
 
 
 @dataclass(frozen=True, slots=True)

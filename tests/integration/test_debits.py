@@ -14,8 +14,8 @@ import pytest
 
 from common.db.engine import raw_connection
 from common.db.hotpool import HOT_SETTINGS
-from common.usage.debits import _DEBIT, Incoming
-from common.usage.decode import parse_event
+from common.usage.debits import _DEBIT
+from common.usage.decode import Incoming, parse_event
 from common.usage.service import apply_submissions
 from tests.support.factories import (
     POLICY,

@@ -10,9 +10,7 @@ from typing import Any
 import asyncpg
 
 from common.recharge.config import PolicyConfig
-from common.usage.debits import Incoming
-from common.usage.decode import decode_batch
-from common.usage.service import Submission
+from common.usage.decode import Submission, decode_batch
 
 POLICY = PolicyConfig(retry_min_interval=timedelta(seconds=1800), run_max_charges=10)
 
@@ -32,16 +30,8 @@ def event(
 
 def submission(*events: dict[str, Any], message_id: str | None = None) -> Submission:
     message_id = message_id or uuid.uuid4().hex
-    decoded = decode_batch(
+    return decode_batch(
         (), {"events": list(events)}, message_id=message_id, actor_name="record_usage_batch"
-    )
-    return Submission(
-        message_id=message_id,
-        items=[
-            Incoming(e, message_id, "record_usage_batch", raw)
-            for e, raw in zip(decoded.events, decoded.raws, strict=True)
-        ],
-        rejections=decoded.rejections,
     )
 
 
