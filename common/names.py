@@ -77,10 +77,6 @@ def dead_letter_msgs_key(namespace: str, queue: str) -> str:
     return f"{namespace}:{queue}.XQ.msgs"
 
 
-def acks_pattern(namespace: str, queue: str) -> str:
-    return f"{namespace}:__acks__.*.{queue}"
-
-
 def heartbeats_key(namespace: str) -> str:
     return f"{namespace}:__heartbeats__"
 

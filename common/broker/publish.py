@@ -6,7 +6,6 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import dramatiq
-from dramatiq.brokers.redis import RedisBroker
 
 from common.names import ACTOR_RECORD_USAGE, ACTOR_RECORD_USAGE_BATCH, QUEUE_USAGE
 
@@ -37,10 +36,3 @@ def chunked(events: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[s
     if chunk:
         yield chunk
 
-
-def send_messages(broker: RedisBroker, messages: Iterable[dramatiq.Message[Any]]) -> int:
-    sent = 0
-    for message in messages:
-        broker.enqueue(message)
-        sent += 1
-    return sent

@@ -111,8 +111,7 @@ async def recheck_tier(conn: asyncpg.Connection[Any], account_id: str, config: P
             snapshot(account), now=account["db_now"], retry_min_interval=config.retry_min_interval
         )
         if isinstance(decision, StartRecharge):
-            trigger = "tier" if decision.tier else "threshold"
-            run_id = await start_auto_run(conn, account, decision, config, trigger)
+            run_id = await start_auto_run(conn, account, decision, config)
             return f"started_run_{run_id}"
         assert isinstance(decision, Hold)
         if decision.reason == "interval" and decision.retry_at is not None:

@@ -3,8 +3,9 @@ transaction, at most one in flight per account (the partial unique index decides
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
@@ -12,6 +13,9 @@ from common.names import ACTOR_RUN_RECHARGE
 from common.outbox.store import enqueue_message
 from common.recharge.config import PolicyConfig
 from common.recharge.policy import StartRecharge
+
+RunKind = Literal["auto", "manual"]
+Trigger = Literal["threshold", "tier", "card", "manual"]
 
 _INSERT_RUN = """
 INSERT INTO recharge_runs
@@ -26,8 +30,8 @@ async def start_run(
     conn: asyncpg.Connection[Any],
     *,
     account_id: str,
-    kind: str,
-    trigger: str,
+    kind: RunKind,
+    trigger: Trigger,
     tier: int,
     target_amount: Decimal | None,
     recharge_amount: Decimal,
@@ -54,18 +58,26 @@ async def start_run(
     return run_id
 
 
+def auto_trigger(decision: StartRecharge) -> Trigger:
+    """Why an automatic run starts: the balance fell below T, or an armed tier's level."""
+    return "threshold" if decision.tier == 0 else "tier"
+
+
 async def start_auto_run(
     conn: asyncpg.Connection[Any],
-    account: dict[str, Any],
+    account: Mapping[str, Any],
     decision: StartRecharge,
     config: PolicyConfig,
-    trigger: str,
+    *,
+    trigger: Trigger | None = None,
 ) -> int | None:
+    """Start the account's automatic run for `decision` (a locked account row); `trigger`
+    overrides the reason the decision implies (a new card fires the armed tier at once)."""
     return await start_run(
         conn,
         account_id=account["id"],
         kind="auto",
-        trigger=trigger,
+        trigger=trigger or auto_trigger(decision),
         tier=decision.tier,
         target_amount=account["balance_amount"],
         recharge_amount=account["recharge_amount"],

@@ -14,8 +14,8 @@ from common.gateway import PaymentGateway
 from common.money import check_fits_minor_unit
 from common.recharge.config import PolicyConfig
 from common.recharge.limits import check_recharge_amount
-from common.recharge.policy import StartRecharge, decide_recharge
-from common.recharge.runs import start_auto_run, start_run
+from common.recharge.policy import StartRecharge, armed_level, decide_recharge
+from common.recharge.runs import start_auto_run
 from config.settings import Settings
 
 
@@ -53,16 +53,11 @@ async def attach_card(
         run_id = None
         failing = account["retry_tier"] > 0 or account["status"] == "suspended"
         if failing and account["auto_recharge_enabled"] and not account["auto_run_in_flight"]:
-            run_id = await start_run(
-                conn,
-                account_id=account_id,
-                kind="auto",
-                trigger="card",
-                tier=account["retry_tier"],
-                target_amount=account["balance_amount"],
-                recharge_amount=account["recharge_amount"],
-                mode=account["recharge_mode"],
-                max_charges=settings.run_max_charges,
+            # The armed tier fires now, whatever the balance: the customer just fixed the card.
+            tier = account["retry_tier"]
+            decision = StartRecharge(tier=tier, level=armed_level(account["balance_amount"], tier))
+            run_id = await start_auto_run(
+                conn, account, decision, PolicyConfig.from_settings(settings), trigger="card"
             )
     return CardResult(attached.customer_id, attached.payment_method, run_id)
 
@@ -110,7 +105,7 @@ async def set_auto_recharge(
             snapshot(updated), now=updated["db_now"], retry_min_interval=config.retry_min_interval
         )
         if isinstance(decision, StartRecharge):
-            return await start_auto_run(conn, updated, decision, config, "threshold")
+            return await start_auto_run(conn, updated, decision, config)
         return None
 
 

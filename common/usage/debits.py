@@ -204,8 +204,7 @@ async def _debit(
             retry_min_interval=config.retry_min_interval,
         )
         if isinstance(decision, StartRecharge):
-            trigger = "threshold" if decision.tier == 0 else "tier"
-            run_id = await start_auto_run(conn, account, decision, config, trigger)
+            run_id = await start_auto_run(conn, account, decision, config)
             if run_id is not None:
                 result.runs_started[account_id] = run_id
 

@@ -51,6 +51,7 @@ class GroupCommitter(Generic[Work, Result]):
         self._queued_size = 0
         self._queue: list[_Pending[Work, Result]] = []
         self._in_flight = 0
+        # The loop keeps only weak references to tasks: these keep running flushes alive.
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, work: Work, size: int = 1) -> Result:
@@ -102,8 +103,3 @@ class GroupCommitter(Generic[Work, Result]):
         finally:
             self._in_flight -= 1
             self._kick()
-
-    async def drain(self) -> None:
-        """Wait for every flush in progress."""
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -52,7 +52,6 @@ async def test_a_failed_flush_fails_each_waiter_of_that_group_only() -> None:
     results = await asyncio.gather(*(gc.submit(i) for i in (12, 13, 14)), return_exceptions=True)
     assert results[0] == 12 and results[2] == 14
     assert isinstance(results[1], RuntimeError)
-    await gc.drain()
     assert calls == 3
 
 
