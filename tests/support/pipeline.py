@@ -8,10 +8,13 @@ from typing import Any
 
 from common.db.engine import raw_connection
 from common.gateway import PaymentGateway
+from common.gateway.simulated import SimulatedGateway
 from common.recharge.charging import run_to_completion
 from common.recharge.config import ChargeLimits, PolicyConfig
 from common.recharge.ladder import record_failure
+from common.usage.service import apply_submissions
 from config.settings import Settings
+from tests.support.factories import balance_and_ledger, event, submission
 
 TEST_SETTINGS = Settings(  # type: ignore[call-arg]
     MIN_RECHARGE_AMOUNT="20", MAX_RECHARGE_AMOUNT="500", RETRY_MIN_INTERVAL_SECONDS=0
@@ -69,3 +72,23 @@ async def events(conn: Any, account_id: str) -> list[tuple[str, dict[str, Any]]]
         account_id,
     )
     return [(r["target"], json.loads(r["payload"])) for r in rows]
+
+
+async def debit(engine: Any, account: str, amount: str, policy: PolicyConfig = NO_WAIT) -> Any:
+    [outcome] = await apply_submissions(engine, policy, [submission(event(account, amount))])
+    return outcome
+
+
+async def assert_books_balance(conn: Any, sim: SimulatedGateway, account: str) -> None:
+    """balance == sum(ledger); every succeeded charge credited once, at the gateway once."""
+    balance, total, _ = await balance_and_ledger(conn, account)
+    assert balance == total
+    for c in await charges(conn, account):
+        credits = await conn.fetchval(
+            "SELECT count(*) FROM ledger_entries WHERE kind = 'recharge' AND reference = $1",
+            f"charge-{c['id']}",
+        )
+        assert credits == (1 if c["status"] == "succeeded" else 0)
+        assert await sim.charges_made(c["idempotency_key"]) == (
+            1 if c["status"] == "succeeded" else 0
+        )

@@ -1,0 +1,48 @@
+"""Recharge settings (common/recharge/settings.py) and the limits they enforce."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from common.recharge.limits import LimitError
+from common.recharge.manual import request_manual_recharge
+from common.recharge.settings import set_auto_recharge, set_max_recharge
+from config.settings import Settings
+from tests.support.factories import create_account, new_id
+from tests.support.pipeline import (
+    TEST_SETTINGS,
+)
+
+
+async def test_limits_are_enforced_with_clear_reasons(conn: Any) -> None:
+    acct = new_id()
+    await create_account(conn, acct, payment_method="pm_card_visa")
+    s = TEST_SETTINGS  # minimum 20, maximum 500
+
+    async def auto(t: str, r: str) -> Any:
+        return await set_auto_recharge(
+            conn, acct, s, balance_amount=Decimal(t), recharge_amount=Decimal(r)
+        )
+
+    with pytest.raises(LimitError, match=re.escape("below the minimum of 20.00")):
+        await auto("100", "19.99")
+    with pytest.raises(
+        LimitError, match=re.escape("above the maximum of 500.00; support can raise it")
+    ):
+        await auto("1000", "600")
+    with pytest.raises(LimitError, match="minor unit"):
+        await auto("100", "20.001")
+    await set_max_recharge(conn, acct, Decimal(1000))
+    await auto("1000", "600")  # support raised this account's maximum
+    with pytest.raises(LimitError, match="below the minimum"):
+        await request_manual_recharge(conn, acct, Decimal(5), s)
+    with pytest.raises(LimitError, match=re.escape("above the maximum of 1000.00")):
+        await request_manual_recharge(conn, acct, Decimal(1500), s)
+    default_min = Settings()  # type: ignore[call-arg]
+    assert default_min.min_recharge_amount == 25
+    with pytest.raises(LimitError, match=re.escape("below the minimum of 25.00")):
+        await request_manual_recharge(conn, acct, Decimal(20), default_min)
