@@ -12,6 +12,7 @@ import asyncpg
 
 from common.accounts.ledger import charge_reference_sql
 from common.recharge.policy import MAX_TIER
+from config.settings import Settings, get_settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +20,7 @@ class Check:
     name: str
     description: str
     sql: str
+    params: tuple[str, ...] = ()  # Settings attributes, passed as $1, $2, … in this order
 
 
 @dataclass(slots=True)
@@ -109,28 +111,84 @@ CHECKS: tuple[Check, ...] = (
         """,
     ),
     Check(
-        "tier_matches_charges",
-        "the retry tier equals the failed automatic attempts since the last successful "
-        f"charge (at most {MAX_TIER}), and a suspended account is at tier {MAX_TIER}",
-        f"""
-        WITH last_success AS (
-            SELECT account_id, max(id) AS charge_id FROM charges
-            WHERE status = 'succeeded' GROUP BY account_id
-        ), failures AS (
-            SELECT c.account_id, count(*) AS n FROM charges c
-            JOIN recharge_runs r ON r.id = c.run_id AND r.kind = 'auto' AND r.state = 'failed'
-            LEFT JOIN last_success s ON s.account_id = c.account_id
-            WHERE c.status = 'failed' AND c.id > coalesce(s.charge_id, 0)
-            GROUP BY c.account_id
-        )
-        SELECT a.id AS account_id, a.status, a.retry_tier,
-               least(coalesce(f.n, 0), {MAX_TIER}) AS expected
-        FROM accounts a LEFT JOIN failures f ON f.account_id = a.id
-        WHERE NOT EXISTS (SELECT 1 FROM recharge_runs r WHERE r.account_id = a.id
-                          AND r.state = 'failing')
-          AND (a.retry_tier <> least(coalesce(f.n, 0), {MAX_TIER})
-               OR (a.status = 'suspended' AND a.retry_tier <> {MAX_TIER}))
+        "auto_run_pointer",
+        "an account points at its automatic run in flight (auto_run_id), and only at it",
+        """
+        SELECT a.id AS account_id, a.auto_run_id, r.id AS run_in_flight
+        FROM accounts a
+        FULL JOIN (SELECT id, account_id FROM recharge_runs
+                   WHERE kind = 'auto' AND state IN ('pending', 'failing')) r
+            ON r.account_id = a.id
+        WHERE a.auto_run_id IS DISTINCT FROM r.id
         """,
+    ),
+    Check(
+        "prepaid_status",
+        "prepaid: a suspended account's balance is at or below 0; an active one at or below 0 "
+        "has auto-recharge on or an automatic run in flight; only a switched-off "
+        f"auto-recharge suspends for that reason; the ladder suspends at tier {MAX_TIER}",
+        f"""
+        SELECT id AS account_id, status, suspended_reason, balance, auto_recharge_enabled,
+               auto_run_id, retry_tier
+        FROM accounts
+        WHERE (status = 'suspended' AND balance > 0)
+           OR (status = 'active' AND balance <= 0 AND NOT auto_recharge_enabled
+               AND auto_run_id IS NULL)
+           OR (suspended_reason = 'no_auto_recharge' AND auto_recharge_enabled)
+           OR (suspended_reason = 'ladder' AND retry_tier <> {MAX_TIER})
+        """,
+    ),
+    Check(
+        "account_matches_history",
+        "an account's tier and status are what its last account_history row says",
+        """
+        SELECT a.id AS account_id, a.retry_tier, a.status, a.suspended_reason,
+               h.retry_tier AS history_tier, h.status AS history_status,
+               h.suspended_reason AS history_reason, h.id AS history_id
+        FROM accounts a
+        LEFT JOIN LATERAL (SELECT * FROM account_history x WHERE x.account_id = a.id
+                           ORDER BY x.id DESC LIMIT 1) h ON true
+        WHERE (a.retry_tier, a.status, a.suspended_reason)
+              IS DISTINCT FROM (coalesce(h.retry_tier, 0), coalesce(h.status, 'active'),
+                                h.suspended_reason)
+        """,
+    ),
+    Check(
+        "history_justified",
+        "every ladder step has its cause: a tier is armed one step at a time by a failed "
+        "automatic charge, reset by a succeeded charge; a prepaid suspension had auto-recharge "
+        "off and a balance at or below 0",
+        f"""
+        WITH h AS (
+            SELECT h.*, lag(h.retry_tier, 1, 0::smallint)
+                            OVER (PARTITION BY h.account_id ORDER BY h.id) AS tier_before
+            FROM account_history h
+        )
+        SELECT h.account_id, h.id AS history_id, h.cause, h.tier_before, h.retry_tier,
+               h.balance, h.auto_recharge, c.status AS charge_status, r.kind AS run_kind
+        FROM h
+        LEFT JOIN charges c ON c.id = h.charge_id
+        LEFT JOIN recharge_runs r ON r.id = c.run_id
+        WHERE (h.cause IN ('ladder.armed', 'ladder.suspended')
+               AND (c.status IS DISTINCT FROM 'failed' OR r.kind IS DISTINCT FROM 'auto'
+                    OR h.retry_tier <> least(h.tier_before + 1, {MAX_TIER})))
+           OR (h.cause = 'ladder.reset'
+               AND (c.status IS DISTINCT FROM 'succeeded' OR h.retry_tier <> 0))
+           OR (h.cause = 'prepaid.suspended' AND (h.auto_recharge OR h.balance > 0))
+        """,
+    ),
+    Check(
+        "recharge_amounts_within_limits",
+        "every enabled auto-recharge can be charged under today's limits (MIN/MAX_RECHARGE_AMOUNT "
+        "and the account's maximum): otherwise each attempt fails as recharge_amount_not_allowed",
+        """
+        SELECT id AS account_id, recharge_amount, max_recharge_amount
+        FROM accounts
+        WHERE auto_recharge_enabled
+          AND (recharge_amount < $1::numeric
+               OR recharge_amount > coalesce(max_recharge_amount, $2::numeric))
+        """,
+        params=("min_recharge_amount", "max_recharge_amount"),
     ),
     Check(
         "no_stuck_charges",
@@ -152,11 +210,15 @@ CHECKS: tuple[Check, ...] = (
 )
 
 
-async def run_audit(conn: asyncpg.Connection[Any], limit: int = 100) -> list[CheckResult]:
+async def run_audit(
+    conn: asyncpg.Connection[Any], limit: int = 100, settings: Settings | None = None
+) -> list[CheckResult]:
+    settings = settings or get_settings()
     results = []
     # One snapshot for all checks: a busy system cannot make two checks disagree.
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         for check in CHECKS:
-            rows = await conn.fetch(f"SELECT * FROM ({check.sql}) q LIMIT {int(limit)}")
+            args = [getattr(settings, name) for name in check.params]
+            rows = await conn.fetch(f"SELECT * FROM ({check.sql}) q LIMIT {int(limit)}", *args)
             results.append(CheckResult(check.name, check.description, [dict(r) for r in rows]))
     return results

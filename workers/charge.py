@@ -5,7 +5,8 @@ The second delivery finds the run finished, or its pending charge, whose idempot
 gateway has already seen. Transient gateway errors raise, so dramatiq retries the message with
 backoff and the same key is replayed; our own misconfiguration is not retried: the message is
 dead-lettered, an error is logged, the run stays pending (and resumable with `dlq requeue`),
-and the customer's tier is untouched.
+and the customer's tier is untouched. A charge that can never be sent (no card, an amount the
+limits now refuse) is a failed attempt, recorded without a call.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from common.gateway import GatewayConfigError
 from common.names import ACTOR_RUN_RECHARGE, QUEUE_CHARGES
 from common.recharge.charging import run_to_completion
 from common.recharge.config import ChargeLimits
-from common.recharge.limits import LimitError
 from workers._broker import broker, settings  # noqa: F401  (declares the broker first)
 from workers._context import message_context
 from workers._resources import gateway, resources
@@ -28,7 +28,7 @@ LIMITS = ChargeLimits.from_settings(settings)
     actor_name=ACTOR_RUN_RECHARGE,
     queue_name=QUEUE_CHARGES,
     # Ours to fix, never the customer's: dead-letter at once instead of retrying.
-    throws=(GatewayConfigError, LimitError),
+    throws=(GatewayConfigError,),
 )
 @message_context(bind=("run_id",))
 async def run_recharge(run_id: int) -> None:

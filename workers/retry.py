@@ -15,6 +15,7 @@ from common.db.engine import raw_connection
 from common.metrics import metrics
 from common.names import ACTOR_RECHECK_TIER, ACTOR_RECORD_FAILURE, QUEUE_RETRIES
 from common.recharge.config import PolicyConfig
+from common.recharge.ladder import AlreadyHandled, Suspended
 from common.recharge.ladder import recheck_tier as recheck
 from common.recharge.ladder import record_failure as handle_failure
 from workers._broker import broker, settings  # noqa: F401  (declares the broker first)
@@ -31,9 +32,9 @@ async def record_failure(run_id: int) -> None:
     async with raw_connection(resources().engine) as conn:
         outcome = await handle_failure(conn, run_id, POLICY)
     log.info("ladder.failure_recorded", run_id=run_id, outcome=outcome)
-    if outcome != "already_handled":
+    if not isinstance(outcome, AlreadyHandled):
         metrics().recharges.labels("failed").inc()
-    if outcome == "suspended":
+    if isinstance(outcome, Suspended) and outcome.newly:
         metrics().accounts_suspended.inc()
 
 

@@ -6,14 +6,14 @@ once, however many times the transaction that writes it is retried or redelivere
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final, Literal
 
 import asyncpg
 
-from common.names import EVENT_ACCOUNT_REACTIVATED
-from common.outbox.store import emit_event
-from common.recharge.policy import should_reactivate
+from common.accounts.status import reactivate
+from common.recharge.policy import AccountStatus, should_reactivate
 
 CreditKind = Literal["recharge", "credit"]
 
@@ -42,7 +42,12 @@ UPDATE accounts SET balance = balance + entry.amount, updated_at = now()
 FROM entry WHERE accounts.id = $1
 RETURNING balance
 """
-_REACTIVATE = "UPDATE accounts SET status = 'active', suspended_at = NULL WHERE id = $1"
+
+
+@dataclass(frozen=True, slots=True)
+class Credited:
+    balance: Decimal
+    status: AccountStatus  # after the credit: a balance above 0 reactivates
 
 
 async def apply_credit(
@@ -53,15 +58,16 @@ async def apply_credit(
     kind: CreditKind,
     reference: str,
     memo: str | None,
-) -> Decimal | None:
+    charge_id: int | None = None,
+) -> Credited | None:
     """Credit a locked account once per (kind, reference); reactivate it if it comes back above
-    zero. Returns the new balance, or None when that reference was already credited."""
+    zero. None when that reference was already credited."""
     balance: Decimal | None = await conn.fetchval(
         _CREDIT, account["id"], amount, kind, reference, memo
     )
-    if balance is not None and should_reactivate(account["status"], balance):
-        await conn.execute(_REACTIVATE, account["id"])
-        await emit_event(
-            conn, EVENT_ACCOUNT_REACTIVATED, {"account_id": account["id"], "balance": str(balance)}
-        )
-    return balance
+    if balance is None:
+        return None
+    if should_reactivate(account["status"], balance):
+        await reactivate(conn, account["id"], balance=balance, charge_id=charge_id)
+        return Credited(balance, "active")
+    return Credited(balance, account["status"])

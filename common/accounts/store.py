@@ -19,13 +19,14 @@ class AccountError(Exception):
 # wait on each other in a cycle.
 # What the policy and the recharge start read of a locked account (`a`); also selected by the
 # debit statement (common/usage/debits.py), which locks its accounts itself.
-ACCOUNT_COLUMNS = """a.id, a.currency, a.balance, a.status, a.auto_recharge_enabled,
-       a.balance_amount, a.recharge_amount, a.recharge_mode, a.max_recharge_amount, a.retry_tier,
-       a.last_failure_at, a.payment_method, a.gateway_customer_id,
-       EXISTS (SELECT 1 FROM recharge_runs r
-               WHERE r.account_id = a.id AND r.kind = 'auto' AND r.state IN ('pending', 'failing'))
-           AS auto_run_in_flight"""
-ACCOUNT_COLUMN_COUNT = 14  # of ACCOUNT_COLUMNS: the debit statement pads its other rows to it
+# Every value comes from the locked row itself, never from a subquery: after waiting for the
+# lock PostgreSQL re-reads the row as the transaction it waited for left it, while a subquery
+# would still answer from the statement's older snapshot (migration 0005).
+ACCOUNT_COLUMNS = """a.id, a.currency, a.balance, a.status, a.suspended_reason,
+       a.auto_recharge_enabled, a.balance_amount, a.recharge_amount, a.recharge_mode,
+       a.max_recharge_amount, a.retry_tier, a.last_failure_at, a.payment_method,
+       a.gateway_customer_id, a.auto_run_id, a.auto_run_id IS NOT NULL AS auto_run_in_flight"""
+ACCOUNT_COLUMN_COUNT = 16  # of ACCOUNT_COLUMNS: the debit statement pads its other rows to it
 LOCK_ACCOUNTS = f"""
 SELECT {ACCOUNT_COLUMNS},
        now() AS db_now
@@ -45,18 +46,6 @@ async def lock_accounts(
 
 async def lock_account(conn: asyncpg.Connection[Any], account_id: str) -> asyncpg.Record | None:
     return (await lock_accounts(conn, [account_id])).get(account_id)
-
-
-async def lock_run(
-    conn: asyncpg.Connection[Any], run_id: int
-) -> tuple[asyncpg.Record | None, asyncpg.Record | None]:
-    """Lock a recharge run and its account, account first (the order every path uses)."""
-    account_id = await conn.fetchval("SELECT account_id FROM recharge_runs WHERE id = $1", run_id)
-    if account_id is None:
-        return None, None
-    account = await lock_account(conn, account_id)
-    run = await conn.fetchrow("SELECT * FROM recharge_runs WHERE id = $1 FOR UPDATE", run_id)
-    return account, run
 
 
 def snapshot(row: Any, *, balance: Any = None) -> AccountSnapshot:
@@ -122,3 +111,41 @@ async def fetch_runs_in_flight(
 async def account_currency(conn: asyncpg.Connection[Any], account_id: str) -> str | None:
     currency: str | None = await conn.fetchval(_ACCOUNT_CURRENCY, account_id)
     return currency
+
+
+# Changes of the ladder or the status: each writes the row and its account_history entry in
+# one statement; the history row holds the account as the change left it.
+_HISTORY_OF_U = """
+INSERT INTO account_history (account_id, cause, retry_tier, status, suspended_reason, balance,
+                             auto_recharge, run_id, charge_id)
+SELECT id, $2, retry_tier, status, suspended_reason, balance, auto_recharge_enabled, $3, $4
+FROM u
+"""
+SET_TIER = f"""
+WITH u AS (
+    UPDATE accounts SET retry_tier = $5, last_failure_at = $6, updated_at = now()
+    WHERE id = $1 RETURNING *
+)
+{_HISTORY_OF_U}
+"""
+SUSPEND = f"""
+WITH u AS (
+    UPDATE accounts SET status = 'suspended', suspended_reason = $5,
+                        suspended_at = coalesce(suspended_at, now()), updated_at = now()
+    WHERE id = $1 RETURNING *
+)
+{_HISTORY_OF_U}
+"""
+REACTIVATE = f"""
+WITH u AS (
+    UPDATE accounts SET status = 'active', suspended_reason = NULL, suspended_at = NULL,
+                        updated_at = now()
+    WHERE id = $1 RETURNING *
+)
+{_HISTORY_OF_U}
+"""
+FETCH_HISTORY = """
+SELECT id, cause, retry_tier, status, suspended_reason, balance, auto_recharge, run_id,
+       charge_id, created_at
+FROM account_history WHERE account_id = $1 ORDER BY id
+"""

@@ -39,12 +39,12 @@ async def credit_account(
         account = await require_account(conn, account_id)
         # The balance is money the customer can spend: whole cents (or yen), like a recharge.
         check_fits_minor_unit(amount, account["currency"])
-        balance = await apply_credit(
+        credited = await apply_credit(
             conn, account, amount, kind="credit", reference=reference, memo=reason
         )
-        if balance is None:
+        if credited is None:
             return account["balance"], False
-        return balance, True
+        return credited.balance, True
 
 
 async def show_account(conn: asyncpg.Connection[Any], account_id: str) -> dict[str, Any]:

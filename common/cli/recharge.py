@@ -192,7 +192,8 @@ async def _wait(run_id: int, timeout_s: float) -> dict[str, Any]:
 
 def _max_recharge(args: argparse.Namespace) -> int:
     amount = None if args.reset else args.amount
-    run(_on_conn(lambda c: set_max_recharge(c, args.account, amount)))
+    settings = get_settings()
+    run(_on_conn(lambda c: set_max_recharge(c, args.account, amount, settings)))
     print(
         f"maximum recharge for {args.account}: "
         + (to_jsonable(amount) if amount is not None else "back to MAX_RECHARGE_AMOUNT")

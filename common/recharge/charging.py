@@ -2,11 +2,13 @@
 
     1. next_step (transaction): resume the run's pending charge, or decide the next one and
        store it, with its idempotency key `recharge-<run>-charge-<n>`, before any call is made.
+       A charge that can never be sent (no card on file, an amount the limits now refuse) is
+       stored as failed at once: a failed attempt for the ladder, never a run left pending.
     2. the gateway is called with that key, outside any transaction. A crash or a transient
        error here leaves the charge pending; the redelivered message finds it in step 1 and
        replays the same key, so the gateway cannot charge twice.
     3. record_outcome (transaction): mark the charge, credit the ledger once (unique on the
-       charge), reset the tier; or, on a failed attempt, hand the run to the retry worker.
+       charge), reset the ladder; or, on a failed attempt, hand the run to the retry worker.
 
 Lock order everywhere: account row, then run row, then charge row.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
 import asyncpg
@@ -22,30 +25,53 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.accounts.ledger import apply_credit, charge_reference
-from common.accounts.store import lock_run
+from common.accounts.status import CAUSE_RESET, enforce_prepaid, set_tier
 from common.crashpoints import crash_point
 from common.db.engine import raw_connection
 from common.gateway import (
     ChargeFailed,
     ChargeRequest,
     ChargeResult,
-    ChargeSucceeded,
     GatewayConfigError,
     PaymentGateway,
     TransientGatewayError,
 )
 from common.metrics import metrics
-from common.names import (
-    ACTOR_RECORD_FAILURE,
-    EVENT_RECHARGE_CAPPED,
-    EVENT_RECHARGE_SUCCEEDED,
-)
+from common.names import ACTOR_RECORD_FAILURE, EVENT_RECHARGE_CAPPED, EVENT_RECHARGE_SUCCEEDED
 from common.outbox.store import emit_event, enqueue_message
+from common.recharge import store
 from common.recharge.config import ChargeLimits
-from common.recharge.limits import LimitError, check_recharge_amount, effective_max
-from common.recharge.policy import ChargeAgain, RunCapped, RunDone, RunStep, next_run_step
+from common.recharge.limits import effective_max, recharge_refusal
+from common.recharge.policy import (
+    ChargeAgain,
+    RunCapped,
+    RunDone,
+    RunStep,
+    next_run_step,
+    resets_ladder,
+)
 
 log = structlog.get_logger(__name__)
+
+# A charge stored as failed before any gateway call: these codes, like a decline, are failed
+# attempts for the ladder (the customer's card or settings must change), not our outages.
+NO_PAYMENT_METHOD = ("no_payment_method", "no card on file")
+AMOUNT_NOT_ALLOWED = "recharge_amount_not_allowed"
+
+
+class RunState(StrEnum):
+    PENDING = "pending"
+    FAILING = "failing"  # an attempt failed; the retry worker has not counted it yet
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CAPPED = "capped"
+    MISSING = "missing"  # no such run
+
+
+class ChargeRecorded(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ALREADY_RECORDED = "already_recorded"  # a duplicate delivery got there first
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +87,11 @@ class PendingCharge:
     customer_id: str | None
     gateway_calls: int
 
+    @property
+    def resumed(self) -> bool:
+        """An earlier delivery stored this charge and may have sent it: its outcome is unknown."""
+        return self.gateway_calls > 1
+
     def request(self) -> ChargeRequest:
         return ChargeRequest(
             idempotency_key=self.idempotency_key,
@@ -75,7 +106,7 @@ class PendingCharge:
 
 @dataclass(frozen=True, slots=True)
 class RunFinished:
-    state: str
+    state: RunState
 
 
 def idempotency_key(run_id: int, seq: int) -> str:
@@ -86,71 +117,36 @@ async def next_step(
     conn: asyncpg.Connection[Any], run_id: int, limits: ChargeLimits
 ) -> PendingCharge | RunFinished:
     async with conn.transaction():
-        account, run = await lock_run(conn, run_id)
+        account, run = await store.lock_run(conn, run_id)
         if account is None or run is None:
-            return RunFinished("missing")
-        if run["state"] != "pending":
-            return RunFinished(run["state"])  # a duplicate message, or finished meanwhile
-        pending = await conn.fetchrow(
-            "UPDATE charges SET gateway_calls = gateway_calls + 1, updated_at = now() "
-            "WHERE run_id = $1 AND status = 'pending' RETURNING *",
-            run_id,
-        )
+            return RunFinished(RunState.MISSING)
+        if run["state"] != RunState.PENDING:
+            return RunFinished(RunState(run["state"]))  # a duplicate, or finished meanwhile
+        pending = await conn.fetchrow(store.RESUME_PENDING_CHARGE, run_id)
         if pending is not None:
             return _pending(pending, account)
-        stats = await conn.fetchrow(
-            "SELECT count(*) FILTER (WHERE status = 'succeeded') AS succeeded, "
-            "coalesce(max(seq), 0) AS last_seq FROM charges WHERE run_id = $1",
-            run_id,
-        )
+        stats = await conn.fetchrow(store.RUN_CHARGE_STATS, run_id)
         assert stats is not None
         step = _decide(run, account, stats["succeeded"], limits)
-        if isinstance(step, RunDone):
-            await _finish(conn, run_id, "succeeded")
-            return RunFinished("succeeded")
-        if isinstance(step, RunCapped):
-            await _finish(conn, run_id, "capped")
-            await emit_event(
-                conn,
-                EVENT_RECHARGE_CAPPED,
-                {
-                    "account_id": account["id"],
-                    "run_id": run_id,
-                    "balance": account["balance"],
-                    "balance_amount": run["target_amount"],
-                    "charges": stats["succeeded"],
-                },
-            )
-            return RunFinished("capped")
-        check_recharge_amount(
-            step.amount,
-            account["currency"],
-            minimum=limits.minimum,
-            global_max=limits.global_max,
-            account_max=account["max_recharge_amount"],
-        )
+        if isinstance(step, RunDone | RunCapped):
+            return await _finish(conn, run, account, step, stats["succeeded"])
         seq = stats["last_seq"] + 1
-        # No card on file is a failed attempt like a decline: the ladder, not a dead letter.
-        no_card = account["payment_method"] is None
-        row = await conn.fetchrow(
-            "INSERT INTO charges (run_id, account_id, seq, amount, currency, idempotency_key, "
-            "payment_method, status, failure_code, failure_message, gateway_calls) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *",
-            run_id,
-            account["id"],
-            seq,
-            step.amount,
-            account["currency"],
-            idempotency_key(run_id, seq),
-            account["payment_method"],
-            "failed" if no_card else "pending",
-            "no_payment_method" if no_card else None,
-            "no card on file" if no_card else None,
-            0 if no_card else 1,
+        failure = _unsendable(step.amount, account, limits)
+        row = await store.insert_charge(
+            conn,
+            run_id=run_id,
+            account_id=account["id"],
+            seq=seq,
+            amount=step.amount,
+            currency=account["currency"],
+            idempotency_key=idempotency_key(run_id, seq),
+            payment_method=account["payment_method"],
+            failure=failure,
         )
-        if no_card:
+        if failure is not None:
+            log.warning("charge.unsendable", run_id=run_id, code=failure[0], reason=failure[1])
             await _hand_failure_to_retry_worker(conn, run_id)
-            return RunFinished("failing")
+            return RunFinished(RunState.FAILING)
         return _pending(row, account)
 
 
@@ -160,7 +156,7 @@ def _decide(
     if run["kind"] == "manual":
         return RunDone() if succeeded >= 1 else ChargeAgain(run["recharge_amount"])
     if not account["auto_recharge_enabled"]:
-        return RunDone()  # switched off while the run was queued: stop charging
+        return RunDone()  # switched off while the run was in flight: stop charging
     return next_run_step(
         balance=account["balance"],
         target=run["target_amount"],
@@ -170,6 +166,50 @@ def _decide(
         mode=run["mode"],
         max_amount=effective_max(limits.global_max, account["max_recharge_amount"]),
     )
+
+
+def _unsendable(
+    amount: Decimal, account: asyncpg.Record, limits: ChargeLimits
+) -> tuple[str, str] | None:
+    """(code, reason) when this charge can never be sent as things stand."""
+    if account["payment_method"] is None:
+        return NO_PAYMENT_METHOD
+    refusal = recharge_refusal(
+        amount,
+        account["currency"],
+        minimum=limits.minimum,
+        global_max=limits.global_max,
+        account_max=account["max_recharge_amount"],
+    )
+    return None if refusal is None else (AMOUNT_NOT_ALLOWED, refusal)
+
+
+async def _finish(
+    conn: asyncpg.Connection[Any],
+    run: asyncpg.Record,
+    account: asyncpg.Record,
+    step: RunDone | RunCapped,
+    charges_made: int,
+) -> RunFinished:
+    state = RunState.SUCCEEDED if isinstance(step, RunDone) else RunState.CAPPED
+    await store.finish_run(conn, run, state)
+    if state is RunState.CAPPED:
+        await emit_event(
+            conn,
+            EVENT_RECHARGE_CAPPED,
+            {
+                "account_id": account["id"],
+                "run_id": run["id"],
+                "balance": account["balance"],
+                "balance_amount": run["target_amount"],
+                "charges": charges_made,
+            },
+        )
+    if run["kind"] == "auto":
+        # Nothing in flight any more: with auto-recharge switched off meanwhile and the balance
+        # at or below 0, prepaid means suspended now.
+        await enforce_prepaid(conn, account, auto_run_in_flight=False, run_id=run["id"])
+    return RunFinished(state)
 
 
 def _pending(row: asyncpg.Record, account: asyncpg.Record) -> PendingCharge:
@@ -187,77 +227,68 @@ def _pending(row: asyncpg.Record, account: asyncpg.Record) -> PendingCharge:
     )
 
 
-async def _finish(conn: asyncpg.Connection[Any], run_id: int, state: str) -> None:
-    await conn.execute(
-        "UPDATE recharge_runs SET state = $2, finished_at = now() WHERE id = $1", run_id, state
-    )
-
-
 async def _hand_failure_to_retry_worker(conn: asyncpg.Connection[Any], run_id: int) -> None:
-    # 'failing' keeps the run in flight until the retry worker armed the next tier, so no
+    # 'failing' keeps the run in flight until the retry worker counted the failure, so no
     # debit can start another attempt in between.
-    await conn.execute("UPDATE recharge_runs SET state = 'failing' WHERE id = $1", run_id)
+    await conn.execute(store.MARK_FAILING, run_id)
     await enqueue_message(conn, ACTOR_RECORD_FAILURE, {"run_id": run_id})
 
 
 async def record_outcome(
     conn: asyncpg.Connection[Any], charge: PendingCharge, result: ChargeResult
-) -> str:
-    """Apply the gateway's answer once. Returns what happened (for logs)."""
+) -> ChargeRecorded:
+    """Apply the gateway's answer once."""
     async with conn.transaction():
-        account, run = await lock_run(conn, charge.run_id)
+        account, run = await store.lock_run(conn, charge.run_id)
         assert account is not None and run is not None
-        status = await conn.fetchval(
-            "SELECT status FROM charges WHERE id = $1 FOR UPDATE", charge.charge_id
+        if await conn.fetchval(store.LOCK_CHARGE_STATUS, charge.charge_id) != "pending":
+            return ChargeRecorded.ALREADY_RECORDED
+        if isinstance(result, ChargeFailed):
+            await store.mark_failed(
+                conn, charge.charge_id, result.code, result.message, result.gateway_ref
+            )
+            await _hand_failure_to_retry_worker(conn, charge.run_id)
+            return ChargeRecorded.FAILED
+        await conn.execute(store.MARK_SUCCEEDED, charge.charge_id, result.gateway_ref)
+        credited = await apply_credit(
+            conn,
+            account,
+            charge.amount,
+            kind="recharge",
+            reference=charge_reference(charge.charge_id),
+            memo=charge.idempotency_key,
+            charge_id=charge.charge_id,
         )
-        if status != "pending":
-            return "already_recorded"
-        if isinstance(result, ChargeSucceeded):
-            await conn.execute(
-                "UPDATE charges SET status = 'succeeded', gateway_ref = $2, updated_at = now() "
-                "WHERE id = $1",
-                charge.charge_id,
-                result.gateway_ref,
-            )
-            balance = await apply_credit(
-                conn,
-                account,
-                charge.amount,
-                kind="recharge",
-                reference=charge_reference(charge.charge_id),
-                memo=charge.idempotency_key,
-            )
-            await conn.execute(
-                "UPDATE accounts SET retry_tier = 0, last_failure_at = NULL "
-                "WHERE id = $1 AND retry_tier <> 0",
-                account["id"],
-            )
-            await emit_event(
-                conn,
-                EVENT_RECHARGE_SUCCEEDED,
-                {
-                    "account_id": account["id"],
-                    "run_id": charge.run_id,
-                    "kind": run["kind"],
-                    "charge_id": charge.charge_id,
-                    "amount": charge.amount,
-                    "currency": charge.currency,
-                    "balance": balance,
-                    "idempotency_key": charge.idempotency_key,
-                },
-            )
-            return "succeeded"
-        assert isinstance(result, ChargeFailed)
-        await conn.execute(
-            "UPDATE charges SET status = 'failed', failure_code = $2, failure_message = $3, "
-            "gateway_ref = $4, updated_at = now() WHERE id = $1",
-            charge.charge_id,
-            result.code,
-            result.message[:500],
-            result.gateway_ref,
+        assert credited is not None, "a pending charge was never credited"
+        if resets_ladder(status_after_credit=credited.status):
+            if account["retry_tier"] != 0:
+                await set_tier(
+                    conn,
+                    account["id"],
+                    0,
+                    None,
+                    cause=CAUSE_RESET,
+                    run_id=charge.run_id,
+                    charge_id=charge.charge_id,
+                )
+            # A failed attempt the retry worker has not counted yet happened before this
+            # success: it counts for nothing (failures count since the last success).
+            await conn.execute(store.SUPERSEDE_FAILING, account["id"])
+        await emit_event(
+            conn,
+            EVENT_RECHARGE_SUCCEEDED,
+            {
+                "account_id": account["id"],
+                "run_id": charge.run_id,
+                "kind": run["kind"],
+                "charge_id": charge.charge_id,
+                "amount": charge.amount,
+                "currency": charge.currency,
+                "balance": credited.balance,
+                "idempotency_key": charge.idempotency_key,
+            },
         )
-        await _hand_failure_to_retry_worker(conn, charge.run_id)
-        return "failed"
+        return ChargeRecorded.SUCCEEDED
 
 
 async def run_to_completion(
@@ -265,19 +296,15 @@ async def run_to_completion(
     gateway: PaymentGateway,
     run_id: int,
     limits: ChargeLimits,
-) -> str:
+) -> RunState:
     """Charge until the run is finished; raises what the caller must retry or dead-letter."""
     bound = log.bind(run_id=run_id)
     while True:
         async with raw_connection(engine) as conn:
-            try:
-                step = await next_step(conn, run_id, limits)
-            except LimitError as exc:
-                bound.error("recharge.misconfigured", error=str(exc))
-                raise
+            step = await next_step(conn, run_id, limits)
         if isinstance(step, RunFinished):
             bound.info("recharge.run_finished", state=step.state)
-            if step.state == "capped":
+            if step.state is RunState.CAPPED:
                 metrics().recharges.labels("capped").inc()
             return step.state
         charge_log = bound.bind(
@@ -301,8 +328,8 @@ async def run_to_completion(
         async with raw_connection(engine) as conn:
             outcome = await record_outcome(conn, step, result)
         charge_log.info("charge.recorded", outcome=outcome)
-        if outcome != "already_recorded":
-            metrics().charges.labels(outcome).inc()
-            if outcome == "succeeded":
+        if outcome is not ChargeRecorded.ALREADY_RECORDED:
+            metrics().charges.labels(outcome.value).inc()
+            if outcome is ChargeRecorded.SUCCEEDED:
                 metrics().recharges.labels("succeeded").inc()
         crash_point("charge.after_credit")

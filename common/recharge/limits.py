@@ -16,6 +16,33 @@ def effective_max(global_max: Decimal, account_max: Decimal | None) -> Decimal:
     return account_max if account_max is not None else global_max
 
 
+def recharge_refusal(
+    amount: Decimal,
+    currency: str,
+    *,
+    minimum: Decimal,
+    global_max: Decimal,
+    account_max: Decimal | None,
+) -> str | None:
+    """Why `amount` cannot be recharged as things stand, or None when it can."""
+    if amount < minimum:
+        return (
+            f"recharge amount {format_amount(amount)} {currency} is below the minimum of "
+            f"{format_amount(minimum)}"
+        )
+    maximum = effective_max(global_max, account_max)
+    if amount > maximum:
+        return (
+            f"recharge amount {format_amount(amount)} {currency} is above the maximum of "
+            f"{format_amount(maximum)}; support can raise it for this account"
+        )
+    try:
+        check_fits_minor_unit(amount, currency)
+    except MoneyError as exc:
+        return str(exc)
+    return None
+
+
 def check_recharge_amount(
     amount: Decimal,
     currency: str,
@@ -24,18 +51,8 @@ def check_recharge_amount(
     global_max: Decimal,
     account_max: Decimal | None,
 ) -> None:
-    if amount < minimum:
-        raise LimitError(
-            f"recharge amount {format_amount(amount)} {currency} is below the minimum of "
-            f"{format_amount(minimum)}"
-        )
-    maximum = effective_max(global_max, account_max)
-    if amount > maximum:
-        raise LimitError(
-            f"recharge amount {format_amount(amount)} {currency} is above the maximum of "
-            f"{format_amount(maximum)}; support can raise it for this account"
-        )
-    try:
-        check_fits_minor_unit(amount, currency)
-    except MoneyError as exc:
-        raise LimitError(str(exc)) from None
+    refusal = recharge_refusal(
+        amount, currency, minimum=minimum, global_max=global_max, account_max=account_max
+    )
+    if refusal is not None:
+        raise LimitError(refusal)

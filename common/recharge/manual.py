@@ -8,6 +8,7 @@ from typing import Any, Final
 import asyncpg
 
 from common.accounts.store import AccountError, require_account
+from common.recharge import store
 from common.recharge.limits import check_recharge_amount
 from common.recharge.runs import start_run
 from config.settings import Settings
@@ -51,16 +52,8 @@ async def request_manual_recharge(
 
 
 async def run_summary(conn: asyncpg.Connection[Any], run_id: int) -> dict[str, Any]:
-    run = await conn.fetchrow(
-        "SELECT r.id, r.account_id, r.kind, r.state, r.error, a.balance, a.status "
-        "FROM recharge_runs r JOIN accounts a ON a.id = r.account_id WHERE r.id = $1",
-        run_id,
-    )
+    run = await conn.fetchrow(store.RUN_SUMMARY, run_id)
     if run is None:
         raise AccountError(f"unknown recharge run {run_id}")
-    charges = await conn.fetch(
-        "SELECT amount, status, idempotency_key, failure_code FROM charges WHERE run_id = $1 "
-        "ORDER BY seq",
-        run_id,
-    )
+    charges = await conn.fetch(store.RUN_CHARGES, run_id)
     return {**dict(run), "charges": [dict(c) for c in charges]}

@@ -10,7 +10,18 @@ The rules (billing FAQ, DESIGN.md), with T = Balance Amount and R = Recharge Amo
 
 Tiers 1..4 also wait `retry_min_interval` after the last failure. Each tier is one attempt:
 a big spend that crosses several levels at once walks the ladder one attempt per interval,
-never several attempts at once. Any successful charge resets the tier to 0.
+never several attempts at once. The tier a failure is counted from is the account's, read
+under its lock: a successful charge resets it to 0, so the next tier counts the failures since
+the last successful charge, never the tier a run happened to start at. A successful charge
+that leaves the account suspended (balance still <= 0) does not reset it: suspended by the
+ladder means tier 4.
+
+Prepaid means no credit (`prepaid_status`): an account whose balance is <= 0 and that has no
+automatic recharge in flight or armed is suspended. With auto-recharge on, the ladder is armed
+until its 0 % attempt failed, and only that failure suspends (`after_failed_attempt`); with
+auto-recharge off, nothing is armed, so a balance <= 0 suspends at once. A suspended account
+comes back when its balance is above 0, or, if only the switched-off auto-recharge suspended
+it, when auto-recharge is switched on again (the ladder is armed again).
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ TIER_FRACTIONS: Final = {
 }
 
 AccountStatus = Literal["active", "suspended"]
+SuspendedReason = Literal["ladder", "no_auto_recharge"]
 RechargeMode = Literal["repeat", "single"]
 
 
@@ -116,7 +128,7 @@ class ArmTier:
 
 @dataclass(frozen=True, slots=True)
 class Suspend:
-    pass
+    reason: SuspendedReason = "ladder"
 
 
 FailureDecision = ArmTier | Suspend
@@ -136,6 +148,49 @@ def after_failed_attempt(
 
 def should_reactivate(status: AccountStatus, balance: Decimal) -> bool:
     return status == "suspended" and balance > 0
+
+
+def resets_ladder(*, status_after_credit: AccountStatus) -> bool:
+    """Does a successful charge reset the tier? Yes, unless the account stays suspended."""
+    return status_after_credit == "active"
+
+
+@dataclass(frozen=True, slots=True)
+class Reactivate:
+    pass
+
+
+StatusChange = Suspend | Reactivate
+
+
+def prepaid_status(
+    *,
+    status: AccountStatus,
+    suspended_reason: SuspendedReason | None,
+    balance: Decimal,
+    auto_recharge_enabled: bool,
+    auto_run_in_flight: bool,
+) -> StatusChange | None:
+    """The prepaid rule outside the ladder: must the account's status change now?
+
+    The ladder's own suspension (its 0 % attempt failed) is `after_failed_attempt`'s decision;
+    this covers everything else: auto-recharge off with nothing in flight and a balance <= 0
+    suspends; a balance above 0 reactivates; so does switching auto-recharge back on when
+    that alone had suspended the account.
+    """
+    if status == "suspended":
+        if balance > 0:
+            return _REACTIVATE
+        if suspended_reason == "no_auto_recharge" and auto_recharge_enabled:
+            return _REACTIVATE
+        return None
+    if balance <= 0 and not auto_recharge_enabled and not auto_run_in_flight:
+        return _SUSPEND_NO_AUTO
+    return None
+
+
+_REACTIVATE = Reactivate()
+_SUSPEND_NO_AUTO = Suspend("no_auto_recharge")
 
 
 @dataclass(frozen=True, slots=True)

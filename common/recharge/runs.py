@@ -1,5 +1,7 @@
-"""Starting an automatic recharge run: the run row and its outbox message, in the caller's
-transaction, at most one in flight per account (the partial unique index decides races)."""
+"""Starting a recharge run: the run row and its outbox message, in the caller's transaction, at
+most one automatic and one manual run in flight per account (the partial unique index decides
+races). An automatic run is also recorded on the account row (`auto_run_id`), which the debit
+statement reads from the row it locked."""
 
 from __future__ import annotations
 
@@ -11,19 +13,14 @@ import asyncpg
 
 from common.names import ACTOR_RUN_RECHARGE
 from common.outbox.store import enqueue_message
+from common.recharge import store
 from common.recharge.config import PolicyConfig
 from common.recharge.policy import StartRecharge
 
 RunKind = Literal["auto", "manual"]
+# threshold: the balance fell below T; tier: an armed tier's level was crossed; card: a new
+# card fired the armed tier; manual: a top-up.
 Trigger = Literal["threshold", "tier", "card", "manual"]
-
-_INSERT_RUN = """
-INSERT INTO recharge_runs
-    (account_id, kind, trigger, tier, target_amount, recharge_amount, mode, max_charges)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-ON CONFLICT (account_id, kind) WHERE state IN ('pending', 'failing') DO NOTHING
-RETURNING id
-"""
 
 
 async def start_run(
@@ -43,7 +40,7 @@ async def start_run(
     Returns the run id, or None when a run of that kind is already in flight.
     """
     run_id: int | None = await conn.fetchval(
-        _INSERT_RUN,
+        store.INSERT_RUN,
         account_id,
         kind,
         trigger,
@@ -54,6 +51,8 @@ async def start_run(
         max_charges,
     )
     if run_id is not None:
+        if kind == "auto":
+            await conn.execute(store.SET_AUTO_RUN, account_id, run_id)
         await enqueue_message(conn, ACTOR_RUN_RECHARGE, {"run_id": run_id})
     return run_id
 

@@ -9,12 +9,14 @@ from typing import Any
 
 import asyncpg
 
+from common.accounts.status import enforce_prepaid
 from common.accounts.store import AccountError, lock_account, require_account, snapshot
 from common.gateway import PaymentGateway
-from common.money import check_fits_minor_unit
+from common.money import check_fits_minor_unit, format_amount
+from common.recharge import store
 from common.recharge.config import PolicyConfig
-from common.recharge.limits import check_recharge_amount
-from common.recharge.policy import StartRecharge, armed_level, decide_recharge
+from common.recharge.limits import LimitError, check_recharge_amount, effective_max
+from common.recharge.policy import RechargeMode, StartRecharge, armed_level, decide_recharge
 from common.recharge.runs import start_auto_run
 from config.settings import Settings
 
@@ -34,7 +36,7 @@ async def attach_card(
     settings: Settings,
 ) -> CardResult:
     """Put a card on file; on a failing or suspended account, fire an attempt at once."""
-    row = await conn.fetchrow("SELECT gateway_customer_id FROM accounts WHERE id = $1", account_id)
+    row = await conn.fetchrow(store.CUSTOMER_OF, account_id)
     if row is None:
         raise AccountError(f"unknown account {account_id!r}")
     # The gateway call happens outside the transaction; attaching twice is harmless.
@@ -44,11 +46,7 @@ async def attach_card(
     async with conn.transaction():
         account = await require_account(conn, account_id)
         await conn.execute(
-            "UPDATE accounts SET payment_method = $2, gateway_customer_id = $3, "
-            "updated_at = now() WHERE id = $1",
-            account_id,
-            attached.payment_method,
-            attached.customer_id,
+            store.SET_CARD, account_id, attached.payment_method, attached.customer_id
         )
         run_id = None
         failing = account["retry_tier"] > 0 or account["status"] == "suspended"
@@ -69,18 +67,19 @@ async def set_auto_recharge(
     *,
     balance_amount: Decimal | None,
     recharge_amount: Decimal | None,
-    mode: str = "repeat",
+    mode: RechargeMode = "repeat",
 ) -> int | None:
     """Enable (both amounts) or disable (None, None). Returns a run id when the balance is
-    already below the new threshold: the recharge starts now, not at the next call."""
+    already below the new threshold: the recharge starts now, not at the next call.
+
+    Prepaid: switched off with the balance at or below 0 and nothing in flight, the account is
+    suspended at once; switched on again, an account that only this had suspended comes back.
+    """
     async with conn.transaction():
         account = await require_account(conn, account_id)
         if balance_amount is None or recharge_amount is None:
-            await conn.execute(
-                "UPDATE accounts SET auto_recharge_enabled = false, updated_at = now() "
-                "WHERE id = $1",
-                account_id,
-            )
+            await conn.execute(store.AUTO_RECHARGE_OFF, account_id)
+            await enforce_prepaid(conn, account, auto_recharge_enabled=False)
             return None
         check_fits_minor_unit(balance_amount, account["currency"], field="balance amount")
         check_recharge_amount(
@@ -91,13 +90,9 @@ async def set_auto_recharge(
             account_max=account["max_recharge_amount"],
         )
         await conn.execute(
-            "UPDATE accounts SET auto_recharge_enabled = true, balance_amount = $2, "
-            "recharge_amount = $3, recharge_mode = $4, updated_at = now() WHERE id = $1",
-            account_id,
-            balance_amount,
-            recharge_amount,
-            mode,
+            store.AUTO_RECHARGE_ON, account_id, balance_amount, recharge_amount, mode
         )
+        await enforce_prepaid(conn, account, auto_recharge_enabled=True)
         updated = await lock_account(conn, account_id)
         assert updated is not None
         config = PolicyConfig.from_settings(settings)
@@ -110,15 +105,25 @@ async def set_auto_recharge(
 
 
 async def set_max_recharge(
-    conn: asyncpg.Connection[Any], account_id: str, amount: Decimal | None
+    conn: asyncpg.Connection[Any], account_id: str, amount: Decimal | None, settings: Settings
 ) -> None:
-    """Support raises (or resets, with None) the largest single recharge of one account."""
+    """Support raises (or resets, with None) the largest single recharge of one account.
+
+    A maximum below the account's own Recharge Amount is refused: every automatic attempt
+    would then be refused too, and the account would walk the ladder to suspension for an
+    amount nobody can charge.
+    """
     async with conn.transaction():
         account = await require_account(conn, account_id)
         if amount is not None:
             check_fits_minor_unit(amount, account["currency"], field="maximum")
-        await conn.execute(
-            "UPDATE accounts SET max_recharge_amount = $2, updated_at = now() WHERE id = $1",
-            account_id,
-            amount,
-        )
+        maximum = effective_max(settings.max_recharge_amount, amount)
+        recharge = account["recharge_amount"]
+        if account["auto_recharge_enabled"] and recharge is not None and recharge > maximum:
+            raise LimitError(
+                f"account {account_id!r} recharges {format_amount(recharge)} "
+                f"{account['currency']} automatically, above the new maximum of "
+                f"{format_amount(maximum)}: lower its Recharge Amount first "
+                "(contacto-billing accounts auto-recharge)"
+            )
+        await conn.execute(store.SET_MAX_RECHARGE, account_id, amount)

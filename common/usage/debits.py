@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from common.accounts.status import enforce_prepaid
 from common.accounts.store import ACCOUNT_COLUMN_COUNT, ACCOUNT_COLUMNS, snapshot
 from common.recharge.config import PolicyConfig
 from common.recharge.policy import StartRecharge, decide_recharge
@@ -203,10 +204,20 @@ async def _debit(
             now=account["db_now"],
             retry_min_interval=config.retry_min_interval,
         )
+        run_id = None
         if isinstance(decision, StartRecharge):
             run_id = await start_auto_run(conn, account, decision, config)
             if run_id is not None:
                 result.runs_started[account_id] = run_id
+        if balances[account_id] <= 0 and account["status"] == "active":
+            # Prepaid: with auto-recharge off and nothing in flight, the debit that takes the
+            # balance to 0 or below suspends the account (the call itself is still recorded).
+            await enforce_prepaid(
+                conn,
+                account,
+                balance=balances[account_id],
+                auto_run_in_flight=account["auto_run_in_flight"] or run_id is not None,
+            )
 
 
 def _same_debit(a: Incoming, b: Incoming) -> bool:

@@ -67,6 +67,8 @@ async def add_charge(
         kind,
         run_state,
     )
+    if kind == "auto" and run_state in ("pending", "failing"):
+        await conn.execute("UPDATE accounts SET auto_run_id = $2 WHERE id = $1", acct, run_id)
     charge_id: int = await conn.fetchval(
         "INSERT INTO charges (run_id, account_id, seq, amount, currency, idempotency_key, "
         "status) VALUES ($1, $2, 1, 25, 'USD', $3, $4) RETURNING id",
@@ -141,21 +143,61 @@ async def test_two_runs_in_flight(fresh: Any) -> None:
     assert broken["one_run_in_flight"][0]["in_flight"] == 2
 
 
-async def test_a_tier_that_the_charges_do_not_explain(fresh: Any) -> None:
+async def test_a_tier_no_ladder_step_explains(fresh: Any) -> None:
     _, conn, acct = fresh
     await conn.execute(
         "UPDATE accounts SET retry_tier = 2, last_failure_at = now() WHERE id = $1", acct
     )
-    assert list(await failing(conn)) == ["tier_matches_charges"]
-    # Two failed automatic attempts explain tier 2.
-    await add_charge(conn, acct, "failed", run_state="failed")
-    await add_charge(conn, acct, "failed", run_state="failed")
+    assert list(await failing(conn)) == ["account_matches_history"]
+    # Two failed automatic attempts, each counted by the ladder, explain tier 2.
+    for tier in (1, 2):
+        charge_id = await add_charge(conn, acct, "failed", run_state="failed")
+        await history(conn, acct, "ladder.armed", tier, charge_id)
     assert await failing(conn) == {}
-    # A suspended account must be at tier 4.
+    # A step of two tiers at once is not a ladder step.
+    charge_id = await add_charge(conn, acct, "failed", run_state="failed")
+    await history(conn, acct, "ladder.armed", 4, charge_id)
+    await conn.execute("UPDATE accounts SET retry_tier = 4 WHERE id = $1", acct)
+    assert list(await failing(conn)) == ["history_justified"]
+
+
+async def test_a_suspension_the_prepaid_rule_does_not_explain(fresh: Any) -> None:
+    _, conn, acct = fresh  # balance 100
     await conn.execute(
-        "UPDATE accounts SET status = 'suspended', suspended_at = now() WHERE id = $1", acct
+        "UPDATE accounts SET status = 'suspended', suspended_at = now(), "
+        "suspended_reason = 'ladder' WHERE id = $1",
+        acct,
     )
-    assert list(await failing(conn)) == ["tier_matches_charges"]
+    assert sorted(await failing(conn)) == ["account_matches_history", "prepaid_status"]
+
+
+async def test_a_stranded_recharge_amount(fresh: Any) -> None:
+    _, conn, acct = fresh  # R 25
+    await conn.execute("UPDATE accounts SET max_recharge_amount = 20 WHERE id = $1", acct)
+    assert list(await failing(conn)) == ["recharge_amounts_within_limits"]
+
+
+async def test_an_account_pointing_at_no_run_in_flight(fresh: Any) -> None:
+    _, conn, acct = fresh
+    run_id = await conn.fetchval(
+        "INSERT INTO recharge_runs (account_id, kind, trigger, tier, target_amount, "
+        "recharge_amount, max_charges, state, finished_at) "
+        "VALUES ($1, 'auto', 'threshold', 0, 50, 25, 10, 'succeeded', now()) RETURNING id",
+        acct,
+    )
+    await conn.execute("UPDATE accounts SET auto_run_id = $2 WHERE id = $1", acct, run_id)
+    assert list(await failing(conn)) == ["auto_run_pointer"]
+
+
+async def history(conn: Any, acct: str, cause: str, tier: int, charge_id: int) -> None:
+    await conn.execute(
+        "INSERT INTO account_history (account_id, cause, retry_tier, status, balance, "
+        "auto_recharge, charge_id) VALUES ($1, $2, $3, 'active', 100, true, $4)",
+        acct,
+        cause,
+        tier,
+        charge_id,
+    )
 
 
 async def test_a_stuck_charge_and_an_undrained_outbox(fresh: Any) -> None:

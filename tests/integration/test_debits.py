@@ -355,3 +355,38 @@ async def test_the_debit_statement_generic_plan_stays_linear(conn: Any, events: 
     assert "hashed SubPlan" in text, text
     # Every table read by key, however small the table was when the plan was made.
     assert "Seq Scan" not in text, text
+
+
+async def test_a_debit_that_waited_on_a_run_finishing_sees_it_finished(
+    engine: Any, conn: Any
+) -> None:
+    """Regression: the debit statement read "an automatic run is in flight" from its snapshot,
+    which predates the lock it waited on. T 100 and balance 123; the run finishes while a debit
+    of 40 waits: the balance ended at 83 and no run started until some later debit."""
+    acct = new_id()
+    await create_account(conn, acct, balance="123", threshold="100", recharge="20")
+    run_id = await conn.fetchval(
+        "INSERT INTO recharge_runs (account_id, kind, trigger, tier, target_amount, "
+        "recharge_amount, mode, max_charges) VALUES ($1, 'auto', 'threshold', 0, 100, 20, "
+        "'repeat', 10) RETURNING id",
+        acct,
+    )
+    await conn.execute("UPDATE accounts SET auto_run_id = $2 WHERE id = $1", acct, run_id)
+    async with raw_connection(engine) as holder:
+        tx = holder.transaction()
+        await tx.start()
+        # What the charge worker's last transaction does: lock the account, finish the run.
+        await holder.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", acct)
+        debit = asyncio.create_task(
+            apply_submissions(engine, POLICY, [submission(event(acct, "40"))])
+        )
+        await until_waiting_on_a_lock(conn)
+        await holder.execute(
+            "UPDATE recharge_runs SET state = 'succeeded', finished_at = now() WHERE id = $1",
+            run_id,
+        )
+        await holder.execute("UPDATE accounts SET auto_run_id = NULL WHERE id = $1", acct)
+        await tx.commit()
+        [outcome] = await debit
+    assert outcome.applied == 1
+    assert list(outcome.runs_started) == [acct]

@@ -44,15 +44,17 @@ async def create_account(
     threshold: str | None = None,
     recharge: str | None = None,
     status: str = "active",
+    suspended_reason: str = "ladder",
     tier: int = 0,
     payment_method: str | None = None,
 ) -> None:
     await conn.execute(
         """
         INSERT INTO accounts (id, currency, auto_recharge_enabled, balance_amount,
-                              recharge_amount, status, suspended_at, retry_tier,
+                              recharge_amount, status, suspended_at, suspended_reason, retry_tier,
                               last_failure_at, payment_method)
-        VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $6 = 'suspended' THEN now() END, $7::smallint,
+        VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $6 = 'suspended' THEN now() END,
+                CASE WHEN $6 = 'suspended' THEN $9 END, $7::smallint,
                 CASE WHEN $7::smallint > 0 THEN now() END, $8)
         """,
         account_id,
@@ -63,6 +65,7 @@ async def create_account(
         status,
         tier,
         payment_method,
+        suspended_reason,
     )
     if Decimal(balance):
         await conn.execute(

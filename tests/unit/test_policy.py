@@ -15,6 +15,7 @@ from common.recharge.policy import (
     ArmTier,
     ChargeAgain,
     Hold,
+    Reactivate,
     RunCapped,
     RunDone,
     StartRecharge,
@@ -23,6 +24,8 @@ from common.recharge.policy import (
     armed_level,
     decide_recharge,
     next_run_step,
+    prepaid_status,
+    resets_ladder,
     should_reactivate,
     single_charge_amount,
 )
@@ -247,4 +250,52 @@ def test_single_mode_stays_within_the_maximum() -> None:
             max_amount=Decimal(100),
         )
         == RunCapped()
+    )
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+@pytest.mark.parametrize("in_flight", [True, False])
+@pytest.mark.parametrize("reason", ["ladder", "no_auto_recharge"])
+@pytest.mark.parametrize("balance", [Decimal("-0.01"), Decimal(0), Decimal("0.01")])
+def test_prepaid_status_of_a_suspended_account(
+    enabled: bool, in_flight: bool, reason: str, balance: Decimal
+) -> None:
+    change = prepaid_status(
+        status="suspended",
+        suspended_reason=reason,  # type: ignore[arg-type]
+        balance=balance,
+        auto_recharge_enabled=enabled,
+        auto_run_in_flight=in_flight,
+    )
+    # Above 0, or auto-recharge on again when only its being off suspended the account.
+    back = balance > 0 or (reason == "no_auto_recharge" and enabled)
+    assert change == (Reactivate() if back else None)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+@pytest.mark.parametrize("in_flight", [True, False])
+@pytest.mark.parametrize("balance", [Decimal("-0.01"), Decimal(0), Decimal("0.01")])
+def test_prepaid_status_of_an_active_account(
+    enabled: bool, in_flight: bool, balance: Decimal
+) -> None:
+    change = prepaid_status(
+        status="active",
+        suspended_reason=None,
+        balance=balance,
+        auto_recharge_enabled=enabled,
+        auto_run_in_flight=in_flight,
+    )
+    # No credit: at or below 0 with nothing armed (auto-recharge off) and nothing in flight.
+    suspend = balance <= 0 and not enabled and not in_flight
+    assert change == (Suspend("no_auto_recharge") if suspend else None)
+
+
+def test_a_success_resets_the_ladder_only_if_the_account_is_active_after_it() -> None:
+    assert resets_ladder(status_after_credit="active") is True
+    assert resets_ladder(status_after_credit="suspended") is False
+
+
+def test_the_ladder_suspends_for_its_own_reason() -> None:
+    assert after_failed_attempt(tier=4, balance=Decimal(0), balance_amount=Decimal(100)) == (
+        Suspend("ladder")
     )

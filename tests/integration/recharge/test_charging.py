@@ -15,12 +15,14 @@ import redis.asyncio as aioredis
 from common.gateway import GatewayConfigError, TransientGatewayError
 from common.gateway.simulated import SimulatedGateway, delete_state, inject_faults
 from common.recharge.charging import next_step, record_outcome, run_to_completion
-from common.recharge.config import PolicyConfig
+from common.recharge.config import ChargeLimits, PolicyConfig
+from common.recharge.ladder import record_failure
 from common.recharge.settings import set_auto_recharge
 from config.settings import Settings
 from tests.support.factories import balance_and_ledger, create_account, new_id
 from tests.support.pipeline import (
     LIMITS,
+    NO_WAIT,
     TEST_SETTINGS,
     account_row,
     assert_books_balance,
@@ -198,3 +200,28 @@ async def test_no_card_on_file_is_a_failed_attempt(engine: Any, conn: Any, sim: 
     [charge] = await charges(conn, acct)
     assert (charge["status"], charge["failure_code"]) == ("failed", "no_payment_method")
     assert (await account_row(conn, acct))["retry_tier"] == 1
+
+
+async def test_a_run_whose_amount_the_limits_now_refuse_ends_as_a_failed_attempt(
+    engine: Any, conn: Any, sim: Any
+) -> None:
+    """Regression: raising MIN_RECHARGE_AMOUNT above an account's R made its run raise
+    LimitError, stay pending without a charge, and block every later run: the balance could
+    fall without limit, with no charge, no ladder and no suspension."""
+    acct = new_id()
+    await create_account(
+        conn, acct, balance="100", threshold="100", recharge="20", payment_method="pm_card_visa"
+    )
+    run_id = (await debit(engine, acct, "10")).runs_started[acct]
+    raised = ChargeLimits(minimum=Decimal(30), global_max=Decimal(500))
+    assert await run_to_completion(engine, sim, run_id, raised) == "failing"
+    [charge] = await charges(conn, acct)
+    assert (charge["status"], charge["failure_code"], charge["gateway_calls"]) == (
+        "failed",
+        "recharge_amount_not_allowed",
+        0,
+    )
+    assert "below the minimum of 30.00" in charge["failure_message"]
+    await record_failure(conn, run_id, NO_WAIT)
+    assert (await account_row(conn, acct))["retry_tier"] == 1
+    assert await conn.fetchval("SELECT state FROM recharge_runs WHERE id = $1", run_id) == "failed"

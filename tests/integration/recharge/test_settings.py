@@ -36,7 +36,7 @@ async def test_limits_are_enforced_with_clear_reasons(conn: Any) -> None:
         await auto("1000", "600")
     with pytest.raises(LimitError, match="minor unit"):
         await auto("100", "20.001")
-    await set_max_recharge(conn, acct, Decimal(1000))
+    await set_max_recharge(conn, acct, Decimal(1000), TEST_SETTINGS)
     await auto("1000", "600")  # support raised this account's maximum
     with pytest.raises(LimitError, match="below the minimum"):
         await request_manual_recharge(conn, acct, Decimal(5), s)
@@ -46,3 +46,22 @@ async def test_limits_are_enforced_with_clear_reasons(conn: Any) -> None:
     assert default_min.min_recharge_amount == 25
     with pytest.raises(LimitError, match=re.escape("below the minimum of 25.00")):
         await request_manual_recharge(conn, acct, Decimal(20), default_min)
+
+
+async def test_lowering_an_accounts_maximum_below_its_recharge_amount_is_refused(
+    conn: Any,
+) -> None:
+    """Regression: the lower maximum was accepted, and every later run of the account raised
+    LimitError, was dead-lettered and stayed pending forever."""
+    acct = new_id()
+    await create_account(conn, acct, payment_method="pm_card_visa")
+    await set_max_recharge(conn, acct, Decimal(1000), TEST_SETTINGS)
+    await set_auto_recharge(
+        conn, acct, TEST_SETTINGS, balance_amount=Decimal(1000), recharge_amount=Decimal(600)
+    )
+    with pytest.raises(LimitError, match=re.escape(f"{acct!r}") + ".*600.00"):
+        await set_max_recharge(conn, acct, Decimal(500), TEST_SETTINGS)
+    with pytest.raises(LimitError, match=re.escape("600.00")):
+        await set_max_recharge(conn, acct, None, TEST_SETTINGS)  # back to the global 500
+    row = await conn.fetchrow("SELECT max_recharge_amount FROM accounts WHERE id = $1", acct)
+    assert row["max_recharge_amount"] == 1000

@@ -1,0 +1,153 @@
+"""The recharge domain's SQL: runs, charges, and the account columns only recharges write.
+
+Lock order everywhere: account row, then run row, then charge row. Every function here runs
+inside the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from common.accounts.store import lock_account
+
+INSERT_RUN = """
+INSERT INTO recharge_runs
+    (account_id, kind, trigger, tier, target_amount, recharge_amount, mode, max_charges)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (account_id, kind) WHERE state IN ('pending', 'failing') DO NOTHING
+RETURNING id
+"""
+SET_AUTO_RUN = "UPDATE accounts SET auto_run_id = $2 WHERE id = $1"
+RUN_ACCOUNT = "SELECT account_id FROM recharge_runs WHERE id = $1"
+LOCK_RUN = "SELECT * FROM recharge_runs WHERE id = $1 FOR UPDATE"
+FINISH_RUN = "UPDATE recharge_runs SET state = $2, finished_at = now(), error = $3 WHERE id = $1"
+# 'failing' keeps the run in flight until the retry worker counted the failure.
+MARK_FAILING = "UPDATE recharge_runs SET state = 'failing' WHERE id = $1"
+SUPERSEDE_FAILING = """
+UPDATE recharge_runs SET ladder_superseded = true
+WHERE account_id = $1 AND kind = 'auto' AND state = 'failing'
+"""
+RESUME_PENDING_CHARGE = """
+UPDATE charges SET gateway_calls = gateway_calls + 1, updated_at = now()
+WHERE run_id = $1 AND status = 'pending'
+RETURNING *
+"""
+RUN_CHARGE_STATS = """
+SELECT count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
+       coalesce(max(seq), 0) AS last_seq
+FROM charges WHERE run_id = $1
+"""
+INSERT_CHARGE = """
+INSERT INTO charges (run_id, account_id, seq, amount, currency, idempotency_key, payment_method,
+                     status, failure_code, failure_message, gateway_calls)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+RETURNING *
+"""
+LOCK_CHARGE_STATUS = "SELECT status FROM charges WHERE id = $1 FOR UPDATE"
+MARK_SUCCEEDED = """
+UPDATE charges SET status = 'succeeded', gateway_ref = $2, updated_at = now() WHERE id = $1
+"""
+MARK_FAILED = """
+UPDATE charges SET status = 'failed', failure_code = $2, failure_message = $3, gateway_ref = $4,
+                   updated_at = now()
+WHERE id = $1
+"""
+LAST_FAILED_CHARGE = """
+SELECT id, amount, failure_code, failure_message, updated_at, idempotency_key
+FROM charges WHERE run_id = $1 AND status = 'failed'
+ORDER BY seq DESC LIMIT 1
+"""
+CUSTOMER_OF = "SELECT gateway_customer_id FROM accounts WHERE id = $1"
+SET_CARD = """
+UPDATE accounts SET payment_method = $2, gateway_customer_id = $3, updated_at = now()
+WHERE id = $1
+"""
+AUTO_RECHARGE_OFF = """
+UPDATE accounts SET auto_recharge_enabled = false, updated_at = now() WHERE id = $1
+"""
+AUTO_RECHARGE_ON = """
+UPDATE accounts SET auto_recharge_enabled = true, balance_amount = $2, recharge_amount = $3,
+                    recharge_mode = $4, updated_at = now()
+WHERE id = $1
+"""
+SET_MAX_RECHARGE = """
+UPDATE accounts SET max_recharge_amount = $2, updated_at = now() WHERE id = $1
+"""
+RUN_SUMMARY = """
+SELECT r.id, r.account_id, r.kind, r.state, r.error, a.balance, a.status
+FROM recharge_runs r JOIN accounts a ON a.id = r.account_id
+WHERE r.id = $1
+"""
+RUN_CHARGES = """
+SELECT amount, status, idempotency_key, failure_code FROM charges WHERE run_id = $1 ORDER BY seq
+"""
+
+
+async def lock_run(
+    conn: asyncpg.Connection[Any], run_id: int
+) -> tuple[asyncpg.Record | None, asyncpg.Record | None]:
+    """Lock a recharge run and its account, account first (the order every path uses)."""
+    account_id = await conn.fetchval(RUN_ACCOUNT, run_id)
+    if account_id is None:
+        return None, None
+    account = await lock_account(conn, account_id)
+    run = await conn.fetchrow(LOCK_RUN, run_id)
+    return account, run
+
+
+async def finish_run(
+    conn: asyncpg.Connection[Any], run: asyncpg.Record, state: str, error: str | None = None
+) -> None:
+    """A run leaves flight: its row, and the account's pointer to it for an automatic one."""
+    await conn.execute(FINISH_RUN, run["id"], state, error)
+    if run["kind"] == "auto":
+        await conn.execute(SET_AUTO_RUN, run["account_id"], None)
+
+
+async def insert_charge(
+    conn: asyncpg.Connection[Any],
+    *,
+    run_id: int,
+    account_id: str,
+    seq: int,
+    amount: Decimal,
+    currency: str,
+    idempotency_key: str,
+    payment_method: str | None,
+    failure: tuple[str, str] | None,
+) -> asyncpg.Record:
+    """A pending charge (to be sent), or one already failed before any call (`failure`)."""
+    row: asyncpg.Record = await conn.fetchrow(
+        INSERT_CHARGE,
+        run_id,
+        account_id,
+        seq,
+        amount,
+        currency,
+        idempotency_key,
+        payment_method,
+        "pending" if failure is None else "failed",
+        None if failure is None else failure[0],
+        None if failure is None else failure[1][:500],
+        1 if failure is None else 0,
+    )
+    return row
+
+
+async def mark_failed(
+    conn: asyncpg.Connection[Any],
+    charge_id: int,
+    code: str,
+    message: str,
+    gateway_ref: str | None,
+) -> None:
+    await conn.execute(MARK_FAILED, charge_id, code, message[:500], gateway_ref)
+
+
+def failed_at(charge: asyncpg.Record) -> datetime:
+    at: datetime = charge["updated_at"]
+    return at
