@@ -4,7 +4,7 @@ The reference is dramatiq as it comes: a stock `RedisBroker` (one Redis call per
 CONTACTO_BENCH_NOOP_BROKER=grouped it runs on our broker instead (grouped acks,
 config/grouped_acks.py), which shows what that change saves on its own.
 
-Run by bench/pipeline.py as `python -m dramatiq bench._noop_worker --queues usage` (cwd = the
+Run by bench.pipeline as `python -m dramatiq bench._noop_worker --queues usage` (cwd = the
 repository root). The messages it consumes carry the very same payload as `record_usage`
 messages, only the actor name differs, so decoding costs the same: what remains is dramatiq's
 own cost per message (fetch, decode, middleware, thread hand-off, ack).

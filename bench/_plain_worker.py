@@ -3,7 +3,7 @@
 Same decoding, same service (`apply_submissions`: one pooled connection, one transaction via
 `common.usage.debits.apply_usage`), same log line, but each message is its own transaction. This is
 the "plain actor doing one transaction per message" the targets are stated against. Run by
-bench/pipeline.py as `python -m dramatiq bench._plain_worker --queues usage`.
+bench.pipeline as `python -m dramatiq bench._plain_worker --queues usage`.
 """
 
 from __future__ import annotations

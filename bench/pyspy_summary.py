@@ -1,4 +1,4 @@
-"""Summarise py-spy raw (folded) profiles written by `bench/pipeline.py --profile DIR`.
+"""Summarise py-spy raw (folded) profiles written by `python -m bench.pipeline --profile DIR`.
 
     .venv/bin/python bench/pyspy_summary.py DIR/single.txt [DIR/noop-async.txt ...]
 
