@@ -2,7 +2,7 @@
 
 The reference is dramatiq as it comes: a stock `RedisBroker` (one Redis call per ack). With
 CONTACTO_BENCH_NOOP_BROKER=grouped it runs on our broker instead (grouped acks,
-config/grouped_acks.py), which shows what that change saves on its own.
+common/broker/grouped_acks.py), which shows what that change saves on its own.
 
 Run by bench.pipeline as `python -m dramatiq bench._noop_worker --queues usage` (cwd = the
 repository root). The messages it consumes carry the very same payload as `record_usage`

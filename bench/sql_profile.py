@@ -2,9 +2,9 @@
 
     .venv/bin/python bench/sql_profile.py [--txns 2000] [--batch 100]
 
-Runs the balance worker's database path (`common.balance_service`'s `_apply`: a connection
+Runs the balance worker's database path (`common.usage.service`'s `_apply`: a connection
 from `common.db.hotpool` where the code has it, else `common.db.engine.raw_connection`, then
-`common.debits.apply_usage`) at
+`common.usage.debits.apply_usage`) at
 concurrency 1, so nothing waits on anything else, with the connection wrapped in a probe that
 times every call. For each step it reports the wall time seen by the client, the client's CPU
 time (Python + asyncpg), and the PostgreSQL backend's CPU time, read from
@@ -81,7 +81,7 @@ class Probe:
             row[2] += time.process_time() - cpu - self.overhead[1]
             row[3] += (server_cpu_ns(self.pid) - srv) / 1e9
 
-    # the asyncpg methods common.debits uses --------------------------------------------------
+    # the asyncpg methods common.usage.debits uses ---------------------------------------------
 
     def transaction(self) -> _ProbeTransaction:
         assert self.conn is not None

@@ -1,6 +1,6 @@
 """Charge worker: consumes queue `charges` (actor `run_recharge(run_id)`).
 
-Runs a recharge run to its end, one charge at a time (common/charging.py). Delivered twice?
+Runs a recharge run to its end, one charge at a time (common/recharge/charging.py). Delivered twice?
 The second delivery finds the run finished, or its pending charge, whose idempotency key the
 gateway has already seen. Transient gateway errors raise, so dramatiq retries the message with
 backoff and the same key is replayed; our own misconfiguration is not retried: the message is

@@ -36,8 +36,8 @@ def build_broker(
     """Build a RedisBroker with explicit retry values.
 
     `client` lets fast unit tests pass a fakeredis client; everything else uses REDIS_URL.
-    `broker_class`: acks are grouped (config/grouped_acks.py); the benchmark's reference no-op
-    worker passes dramatiq's stock RedisBroker.
+    `broker_class`: acks are grouped (common/broker/grouped_acks.py); the benchmark's
+    reference no-op worker passes dramatiq's stock RedisBroker.
     """
     settings = settings or get_settings()
     middleware: list[Middleware] = [

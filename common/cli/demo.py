@@ -1,4 +1,4 @@
-"""`contacto-billing demo`: every process, the FAQ's scenarios, a timeline (common/demo.py)."""
+"""`contacto-billing demo`: every process, the FAQ's scenarios, a timeline (common/demo/run.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Grouped acks (config/grouped_acks.py) against a real Redis and dramatiq's own key layout."""
+"""Grouped acks (common/broker/grouped_acks.py) against a real Redis and dramatiq's own key
+layout."""
 
 from __future__ import annotations
 
