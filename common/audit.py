@@ -191,12 +191,20 @@ CHECKS: tuple[Check, ...] = (
         params=("min_recharge_amount", "max_recharge_amount"),
     ),
     Check(
-        "no_stuck_charges",
-        "no charge pending at the gateway for more than an hour (dead-lettered message?)",
+        "runs_making_progress",
+        "no run pending or failing without progress for longer than CONTACTO_STUCK_RUN_AFTER_S "
+        "(a dead-lettered or lost message? `dlq list`)",
         """
-        SELECT id AS charge_id, account_id, idempotency_key, gateway_calls, updated_at
-        FROM charges WHERE status = 'pending' AND updated_at < now() - interval '1 hour'
+        SELECT r.id AS run_id, r.account_id, r.kind, r.state, c.id AS charge_id,
+               c.idempotency_key, c.gateway_calls,
+               greatest(r.created_at, c.updated_at) AS last_progress_at
+        FROM recharge_runs r
+        LEFT JOIN LATERAL (SELECT * FROM charges x WHERE x.run_id = r.id
+                           ORDER BY x.seq DESC LIMIT 1) c ON true
+        WHERE r.state IN ('pending', 'failing')
+          AND greatest(r.created_at, c.updated_at) < now() - make_interval(secs => $1)
         """,
+        params=("stuck_run_after_s",),
     ),
     Check(
         "outbox_drained",

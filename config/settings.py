@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     broker_maintenance_chance: int = Field(
         1000, validation_alias="CONTACTO_BROKER_MAINTENANCE_CHANCE"
     )
+    # dramatiq deletes dead letters older than this (its own default is 7 days): a dead-lettered
+    # usage message is a debit not yet made, so the default leaves a month to notice and requeue.
+    dead_message_ttl_days: float = Field(30.0, validation_alias="CONTACTO_DEAD_MESSAGE_TTL_DAYS")
+    # `audit` reports a run pending or failing with no progress for longer than this.
+    stuck_run_after_s: float = Field(3600.0, validation_alias="CONTACTO_STUCK_RUN_AFTER_S")
     retries_max: int = Field(20, validation_alias="CONTACTO_RETRIES_MAX")
     retries_min_backoff_ms: int = Field(500, validation_alias="CONTACTO_RETRIES_MIN_BACKOFF_MS")
     retries_max_backoff_ms: int = Field(300_000, validation_alias="CONTACTO_RETRIES_MAX_BACKOFF_MS")
@@ -76,6 +81,10 @@ class Settings(BaseSettings):
         if isinstance(value, float):
             raise ValueError("recharge limits must be decimal strings")
         return value
+
+    @property
+    def dead_message_ttl_ms(self) -> int:
+        return int(self.dead_message_ttl_days * 86_400_000)
 
     @property
     def async_database_url(self) -> str:

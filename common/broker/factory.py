@@ -62,6 +62,7 @@ def build_broker(
         "namespace": settings.broker_namespace,
         "heartbeat_timeout": settings.broker_heartbeat_timeout_ms,
         "maintenance_chance": settings.broker_maintenance_chance,
+        "dead_message_ttl": settings.dead_message_ttl_ms,
     }
     if client is not None:
         kwargs["client"] = client

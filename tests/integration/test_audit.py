@@ -200,6 +200,23 @@ async def history(conn: Any, acct: str, cause: str, tier: int, charge_id: int) -
     )
 
 
+async def test_a_run_pending_without_a_charge_for_too_long(fresh: Any) -> None:
+    _, conn, acct = fresh
+    run_id = await conn.fetchval(
+        "INSERT INTO recharge_runs (account_id, kind, trigger, tier, target_amount, "
+        "recharge_amount, max_charges, created_at) VALUES ($1, 'auto', 'threshold', 0, 50, 25, "
+        "10, now() - interval '61 minutes') RETURNING id",
+        acct,
+    )
+    await conn.execute("UPDATE accounts SET auto_run_id = $2 WHERE id = $1", acct, run_id)
+    assert list(await failing(conn)) == ["runs_making_progress"]
+    await conn.execute(
+        "UPDATE recharge_runs SET created_at = now() - interval '59 minutes' WHERE id = $1",
+        run_id,
+    )
+    assert await failing(conn) == {}
+
+
 async def test_a_stuck_charge_and_an_undrained_outbox(fresh: Any) -> None:
     _, conn, acct = fresh
     charge_id = await add_charge(conn, acct, "pending", run_state="pending")
@@ -207,11 +224,16 @@ async def test_a_stuck_charge_and_an_undrained_outbox(fresh: Any) -> None:
         "UPDATE charges SET updated_at = now() - interval '2 hours' WHERE id = $1", charge_id
     )
     await conn.execute(
+        "UPDATE recharge_runs SET created_at = now() - interval '2 hours' "
+        "WHERE id = (SELECT run_id FROM charges WHERE id = $1)",
+        charge_id,
+    )
+    await conn.execute(
         "INSERT INTO outbox (destination, target, actor_name, payload, "
         "deliver_at) VALUES ('queue', 'charges', 'run_recharge', '{}', "
         "now() - interval '10 minutes')"
     )
-    assert sorted(await failing(conn)) == ["no_stuck_charges", "outbox_drained"]
+    assert sorted(await failing(conn)) == ["outbox_drained", "runs_making_progress"]
 
 
 async def test_the_command_exits_non_zero_with_the_offending_rows(

@@ -39,3 +39,14 @@ def test_usage_messages_are_the_contract_shape() -> None:
     assert first.actor_name == ACTOR_RECORD_USAGE and first.kwargs == event and first.args == ()
     assert second.kwargs == {"events": [event]}
     assert broker.client.llen("unit:usage") == 0  # both fetched
+
+
+def test_dead_letters_are_kept_thirty_days_unless_configured() -> None:
+    """dramatiq's own default (7 days) would delete a dead-lettered debit before anyone looked."""
+    default = build_broker(Settings(), client=fakeredis.FakeRedis())  # type: ignore[call-arg]
+    assert default.dead_message_ttl == 30 * 86_400_000
+    shorter = build_broker(
+        Settings(CONTACTO_DEAD_MESSAGE_TTL_DAYS="2.5"),  # type: ignore[call-arg]
+        client=fakeredis.FakeRedis(),
+    )
+    assert shorter.dead_message_ttl == 216_000_000
