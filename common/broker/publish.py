@@ -35,4 +35,3 @@ def chunked(events: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[s
             chunk = []
     if chunk:
         yield chunk
-
