@@ -14,12 +14,15 @@ MAX_DECIMALS: Final = 6
 MAX_INTEGER_DIGITS: Final = 14
 _AMOUNT_RE: Final = re.compile(r"(?P<int>[0-9]+)(?:\.(?P<frac>[0-9]+))?", re.ASCII)
 
-# ISO 4217 minor units for the currencies a telephony platform actually bills in; any other
-# well-formed code falls back to 2, like Stripe does.
+# ISO 4217 minor units (the maintenance agency's list one) of our LEDGER amounts: every code whose
+# minor unit is not 2, so that the fallback of 2 is right for any other code. MGA is listed at its
+# ISO value although that is the default, because Stripe writes it differently: a card charge
+# follows Stripe's table instead (common/gateway/currencies.py, where ISK and UGX are x100 and MGA
+# is zero-decimal), and this table must not be "fixed" to match that one.
 _MINOR_UNITS: Final = {
-    "BHD": 3, "BIF": 0, "CLP": 0, "DJF": 0, "GNF": 0, "IQD": 3, "ISK": 0, "JOD": 3, "JPY": 0,
-    "KMF": 0, "KRW": 0, "KWD": 3, "LYD": 3, "OMR": 3, "PYG": 0, "RWF": 0, "TND": 3, "UGX": 0,
-    "VND": 0, "VUV": 0, "XAF": 0, "XOF": 0, "XPF": 0,
+    "BHD": 3, "BIF": 0, "CLF": 4, "CLP": 0, "DJF": 0, "GNF": 0, "IQD": 3, "ISK": 0, "JOD": 3,
+    "JPY": 0, "KMF": 0, "KRW": 0, "KWD": 3, "LYD": 3, "MGA": 2, "OMR": 3, "PYG": 0, "RWF": 0,
+    "TND": 3, "UGX": 0, "UYI": 0, "UYW": 4, "VND": 0, "VUV": 0, "XAF": 0, "XOF": 0, "XPF": 0,
 }  # fmt: skip
 _CURRENCY_RE: Final = re.compile(r"[A-Z]{3}", re.ASCII)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from common.gateway.base import (
+    NO_PAYMENT_METHOD,
     AttachedCard,
     CardRejected,
     ChargeFailed,
@@ -17,6 +18,7 @@ from common.gateway.base import (
 from common.gateway.factory import build_gateway
 
 __all__ = [
+    "NO_PAYMENT_METHOD",
     "AttachedCard",
     "CardRejected",
     "ChargeFailed",

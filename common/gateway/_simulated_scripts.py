@@ -14,7 +14,9 @@ return {'busy', ''}
 """
 
 # The marker may have expired while we worked (a stalled process): whoever commits first wins
-# and the loser gets the winner's record, so money still moves at most once per key.
+# and the loser gets the winner's record, so money still moves at most once per key. KEYS[5], the
+# key's permanent list of executions, is what a PaymentIntent carrying the key in its metadata is
+# at Stripe: it outlives the (prunable) idempotency record KEYS[1].
 COMMIT: Final = """
 local rec = redis.call('GET', KEYS[1])
 if not rec then
@@ -25,6 +27,7 @@ if not rec then
     redis.call('SET', KEYS[1], rec)
   end
   redis.call('RPUSH', KEYS[3], ARGV[2])
+  redis.call('RPUSH', KEYS[5], rec)
   if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[4], ARGV[4], 1) end
 end
 if redis.call('GET', KEYS[2]) == ARGV[6] then redis.call('DEL', KEYS[2]) end

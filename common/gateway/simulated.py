@@ -5,10 +5,18 @@ worker process: a redelivered message that replays an idempotency key sees what 
 process recorded. Keys:
 
     <prefix>:faults        list, LPOPped at the start of every charge (see FAULTS)
-    <prefix>:idem:<key>    the stored result of the first execution of an idempotency key
+    <prefix>:find_faults   list, LPOPped at the start of every find_charge (see FIND_FAULTS)
+    <prefix>:idem:<key>    the stored result of the first execution of an idempotency key; Stripe
+                           prunes these after 24 h, forget_key() does it on demand
     <prefix>:lock:<key>    short-lived in-progress marker (SET NX PX)
+    <prefix>:executed:<key> every execution of the key, oldest first, never pruned: what the
+                           PaymentIntents carrying the key in their metadata are at Stripe
     <prefix>:charges       every executed charge, JSON, oldest first (replays add nothing)
     <prefix>:moved         hash: idempotency key -> number of times money moved (0 or 1)
+    <prefix>:detached      set of "<customer>|<payment method>" detached by detach_card()
+
+Amounts follow Stripe's rules (common/gateway/currencies.py): what Stripe would refuse, the
+simulator refuses the same way, before any idempotent work.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from common.gateway._simulated_cards import DECLINES_AT_ATTACH, charge_decline
 from common.gateway._simulated_scripts import BEGIN, COMMIT, RELEASE
 from common.gateway.base import (
+    NO_PAYMENT_METHOD,
     AttachedCard,
     CardRejected,
     ChargeFailed,
@@ -36,8 +45,9 @@ from common.gateway.base import (
     ChargeSucceeded,
     GatewayConfigError,
     TransientGatewayError,
+    created_floor,
 )
-from common.money import MoneyError, to_minor_units
+from common.gateway.currencies import charge_refusal, to_gateway_amount
 
 FAULTS: Final = frozenset(
     {
@@ -50,9 +60,25 @@ FAULTS: Final = frozenset(
     }
 )
 
+# find_charge() has a queue of its own, so that faults meant for charges are never eaten by a
+# lookup (and the other way round).
+FIND_FAULTS: Final = frozenset({"timeout", "rate_limit", "server_error", "config_error"})
+
+# Stripe's own words for a PaymentIntent confirmed with a detached PaymentMethod.
+DETACHED_MESSAGE: Final = (
+    "The provided PaymentMethod was previously used with a PaymentIntent without Customer "
+    "attachment, shared with a connected account without Customer attachment, or was detached "
+    "from a Customer. It may not be used again."
+)
+
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _detached_member(customer_id: str | None, payment_method: str) -> str:
+    # "|" appears in neither id; no customer is its own scope ("").
+    return f"{customer_id or ''}|{payment_method}"
 
 
 async def inject_faults(redis: aioredis.Redis, prefix: str, *faults: str) -> None:
@@ -62,6 +88,27 @@ async def inject_faults(redis: aioredis.Redis, prefix: str, *faults: str) -> Non
         raise ValueError(f"unknown simulated faults {unknown}; known: {sorted(FAULTS)}")
     if faults:
         await redis.rpush(f"{prefix}:faults", *faults)
+
+
+async def inject_find_faults(redis: aioredis.Redis, prefix: str, *faults: str) -> None:
+    """Queue faults for find_charge: each call, whatever its key, consumes the next one."""
+    unknown = [f for f in faults if f not in FIND_FAULTS]
+    if unknown:
+        raise ValueError(f"unknown find_charge faults {unknown}; known: {sorted(FIND_FAULTS)}")
+    if faults:
+        await redis.rpush(f"{prefix}:find_faults", *faults)
+
+
+def _transient_fault(name: str | None) -> None:
+    """Raise what a fault of this name stands for; nothing for None."""
+    if name == "timeout":
+        raise TransientGatewayError("simulated timeout: no response from the gateway")
+    if name == "rate_limit":
+        raise TransientGatewayError("simulated rate limit (HTTP 429)")
+    if name == "server_error":
+        raise TransientGatewayError("simulated server error (HTTP 500)")
+    if name == "config_error":
+        raise GatewayConfigError("simulated configuration error: invalid API key")
 
 
 async def delete_state(redis: aioredis.Redis, prefix: str) -> int:
@@ -117,9 +164,29 @@ class SimulatedGateway:
         refusal = DECLINES_AT_ATTACH.get(payment_method)
         if refusal is not None:
             raise CardRejected(*refusal)
-        return AttachedCard(
-            customer_id=customer_id or f"cus_sim_{account_id}", payment_method=payment_method
-        )
+        customer_id = customer_id or f"cus_sim_{account_id}"
+        try:
+            # At Stripe a detached method can never be attached again, but attaching a test
+            # method id (pm_card_visa) materialises a new one each time; the simulator keeps the
+            # id, so attaching it again is what re-registering that card looks like here.
+            await self._redis.srem(
+                self._key("detached"), _detached_member(customer_id, payment_method)
+            )
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise TransientGatewayError(f"simulated gateway unreachable: {exc}") from exc
+        return AttachedCard(customer_id=customer_id, payment_method=payment_method)
+
+    async def detach_card(self, *, customer_id: str | None, payment_method: str) -> None:
+        """Detach `payment_method` from `customer_id`, as the customer (or support) would at
+        Stripe: charges of it for that customer then fail with no_payment_method, until it is
+        attached again for that customer."""
+        await self._redis.sadd(self._key("detached"), _detached_member(customer_id, payment_method))
+
+    async def forget_key(self, idempotency_key: str) -> None:
+        """Drop the key's idempotency record, as Stripe's pruning does after 24 h: the next
+        charge() with the key is a new request (and moves money again), while find_charge()
+        still finds what the key did."""
+        await self._redis.delete(self._key("idem", idempotency_key))
 
     async def charge(self, request: ChargeRequest) -> ChargeResult:
         try:
@@ -132,14 +199,7 @@ class SimulatedGateway:
     async def _charge(self, request: ChargeRequest) -> ChargeResult:
         fault = await self._redis.lpop(self._key("faults"))
         fault_name = _text(fault) if fault is not None else None
-        if fault_name == "timeout":
-            raise TransientGatewayError("simulated timeout: no response from the gateway")
-        if fault_name == "rate_limit":
-            raise TransientGatewayError("simulated rate limit (HTTP 429)")
-        if fault_name == "server_error":
-            raise TransientGatewayError("simulated server error (HTTP 500)")
-        if fault_name == "config_error":
-            raise GatewayConfigError("simulated configuration error: invalid API key")
+        _transient_fault(fault_name)
         if fault_name not in (None, "lost_response", "decline"):
             raise GatewayConfigError(f"unknown simulated fault {fault_name!r}")
 
@@ -157,7 +217,13 @@ class SimulatedGateway:
             result = self._replay(_text(stored), fingerprint)
         else:
             try:
-                result = await self._execute(request, fingerprint, token, fault_name)
+                if await self._is_detached(request):
+                    # Stripe refuses the request (400) before anything executes, so nothing is
+                    # recorded: the key stays free, and find_charge() finds nothing.
+                    await self._release(keys=[lock_key], args=[token])
+                    result = ChargeFailed(code=NO_PAYMENT_METHOD, message=DETACHED_MESSAGE)
+                else:
+                    result = await self._execute(request, fingerprint, token, fault_name)
             except BaseException:
                 # Nothing was committed (e.g. cancelled): let a retry in without waiting.
                 await self._release(keys=[lock_key], args=[token])
@@ -179,6 +245,8 @@ class SimulatedGateway:
         ref = f"pi_sim_{uuid.uuid4().hex[:24]}"
         record = {
             "fingerprint": fingerprint,
+            "customer_id": request.customer_id,
+            "created": int(time.time()),
             "status": "succeeded" if decline is None else "failed",
             "gateway_ref": ref,
             "code": decline[0] if decline else None,
@@ -202,6 +270,7 @@ class SimulatedGateway:
                 self._key("lock", request.idempotency_key),
                 self._key("charges"),
                 self._key("moved"),
+                self._key("executed", request.idempotency_key),
             ],
             args=[
                 json.dumps(record),
@@ -235,12 +304,10 @@ class SimulatedGateway:
             raise GatewayConfigError(
                 f"invalid request: no such PaymentMethod {request.payment_method!r}"
             )
-        if request.amount <= 0:
-            raise GatewayConfigError("invalid request: amount must be positive")
-        try:
-            minor = to_minor_units(request.amount, request.currency)
-        except MoneyError as exc:
-            raise GatewayConfigError(f"invalid request: {exc}") from exc
+        refusal = charge_refusal(request.amount, request.currency)
+        if refusal is not None:
+            raise GatewayConfigError(f"invalid request: {refusal}")
+        minor = to_gateway_amount(request.amount, request.currency)
         params = [
             request.account_id,
             minor,
@@ -250,6 +317,42 @@ class SimulatedGateway:
             request.description,
         ]
         return hashlib.sha256(json.dumps(params).encode()).hexdigest()
+
+    async def _is_detached(self, request: ChargeRequest) -> bool:
+        member = _detached_member(request.customer_id, request.payment_method)
+        return bool(await self._redis.sismember(self._key("detached"), member))
+
+    async def find_charge(self, request: ChargeRequest) -> ChargeResult | None:
+        try:
+            return await self._find_charge(request)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise TransientGatewayError(f"simulated gateway unreachable: {exc}") from exc
+
+    async def _find_charge(self, request: ChargeRequest) -> ChargeResult | None:
+        fault = await self._redis.lpop(self._key("find_faults"))
+        _transient_fault(_text(fault) if fault is not None else None)
+        if request.customer_id is None:
+            # Like Stripe, where the lookup lists the customer's PaymentIntents: with no customer
+            # there is nothing to list (and no charge of a card on file can lack one).
+            return None
+        raw = await self._redis.lrange(self._key("executed", request.idempotency_key), 0, -1)
+        records = [json.loads(_text(item)) for item in raw]
+        floor = created_floor(request)
+        mine = [
+            r
+            for r in records
+            if r.get("customer_id") == request.customer_id
+            and (floor is None or r.get("created", 0) >= floor)
+        ]
+        if not mine:
+            return None
+        # A pruned key reused by charge() executes again: when there are several executions, the
+        # one that moved money is the answer (the caller must credit it), else the latest.
+        chosen = next(
+            (r for r in mine if r["status"] == "succeeded"),
+            mine[-1],
+        )
+        return self._replay(json.dumps(chosen), self._fingerprint(request))
 
     async def charges_made(self, idempotency_key: str) -> int:
         """How many times money actually moved for this key (anything but 0 or 1 is a bug)."""

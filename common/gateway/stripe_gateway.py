@@ -12,9 +12,10 @@ from typing import Final
 
 import stripe
 import structlog
-from stripe.params import PaymentIntentCreateParams
+from stripe.params import PaymentIntentCreateParams, PaymentIntentListParams
 
 from common.gateway.base import (
+    NO_PAYMENT_METHOD,
     AttachedCard,
     CardRejected,
     ChargeFailed,
@@ -24,8 +25,10 @@ from common.gateway.base import (
     GatewayConfigError,
     GatewayError,
     TransientGatewayError,
+    created_floor,
 )
-from common.money import MoneyError, to_minor_units
+from common.gateway.currencies import charge_refusal, to_gateway_amount
+from common.money import MoneyError
 
 log = structlog.get_logger(__name__)
 
@@ -35,6 +38,19 @@ _SECRET: Final = re.compile(r"\b(?:sk|rk|pk)_(?:test|live)_[A-Za-z0-9*]+")
 # Codes that mean "another request holds this object or key right now": the same request,
 # sent again later with the same key, is the right answer.
 _BUSY_CODES: Final = frozenset({"idempotency_key_in_use", "lock_timeout", "rate_limit"})
+# Stripe's answer for a PaymentIntent confirmed with a PaymentMethod detached from its customer is
+# a 400 invalid_request_error with no code at all, only this text ("The provided PaymentMethod
+# was previously used with a PaymentIntent without Customer attachment, shared with a connected
+# account without Customer attachment, or was detached from a Customer. It may not be used
+# again. ..."). A method attached to nobody or to another customer is refused with "The customer
+# does not have a payment method with the ID pm_...". The text is the only signal, so match the
+# distinctive parts of both, case-insensitively.
+_DETACHED_TEXT: Final = re.compile(
+    r"detached from a customer|may not be used again"
+    r"|does not have a payment method with the id|must be attached to the customer",
+    re.IGNORECASE,
+)
+_LIST_PAGE: Final = 100  # Stripe's largest page
 
 
 def _safe(message: object) -> str:
@@ -76,6 +92,28 @@ def gateway_error(exc: stripe.StripeError) -> GatewayError:
     return GatewayConfigError(detail)
 
 
+def _no_payment_method(exc: stripe.StripeError) -> ChargeFailed | None:
+    """ChargeFailed(no_payment_method) when Stripe says the card on file is detached or gone.
+
+    That is the customer's to fix (register a card again), never ours: a failed attempt, not a
+    dead letter. "Gone" is resource_missing naming the payment_method parameter; the same code on
+    any other parameter (the customer, say) stays a configuration error.
+    """
+    if not isinstance(exc, stripe.InvalidRequestError):
+        return None
+    err = exc.error
+    param = getattr(err, "param", None) if err is not None else None
+    message = str(exc.user_message or "")
+    if (_error_code(exc) == "resource_missing" and param == "payment_method") or (
+        _DETACHED_TEXT.search(message) and param in (None, "payment_method")
+    ):
+        return ChargeFailed(
+            code=NO_PAYMENT_METHOD,
+            message=_safe(message) or "The payment method on file is no longer available.",
+        )
+    return None
+
+
 def _decline(exc: stripe.CardError) -> ChargeFailed:
     err = exc.error
     code = _error_code(exc) or "card_declined"
@@ -87,6 +125,14 @@ def _decline(exc: stripe.CardError) -> ChargeFailed:
         intent = err.payment_intent
         ref = getattr(intent, "id", None) if intent is not None else err.charge
     return ChargeFailed(code=code, message=_safe(exc.user_message), gateway_ref=ref)
+
+
+def _metadata_key(intent: stripe.PaymentIntent) -> str | None:
+    # Read leniently: a null or absent metadata (a fake server) is not an error.
+    metadata = getattr(intent, "metadata", None)
+    if not metadata or "idempotency_key" not in metadata:
+        return None
+    return str(metadata["idempotency_key"])
 
 
 def classify_intent(intent: stripe.PaymentIntent) -> ChargeResult:
@@ -201,12 +247,11 @@ class StripeGateway:
         return AttachedCard(customer_id=customer_id, payment_method=attached.id)
 
     async def charge(self, request: ChargeRequest) -> ChargeResult:
-        try:
-            amount = to_minor_units(request.amount, request.currency)
-        except MoneyError as exc:
-            raise GatewayConfigError(f"invalid charge amount: {exc}") from exc
-        if amount <= 0:
-            raise GatewayConfigError(f"invalid charge amount {request.amount}: not positive")
+        refusal = charge_refusal(request.amount, request.currency)
+        if refusal is not None:
+            # Stripe would answer 400 (amount_too_small, invalid_charge_amount_...): ours to fix.
+            raise GatewayConfigError(f"invalid charge amount: {refusal}")
+        amount = to_gateway_amount(request.amount, request.currency)
         metadata = {"account_id": request.account_id, "idempotency_key": request.idempotency_key}
         if request.description:
             # localstripe refuses a top-level `description` ("Unexpected description").
@@ -240,14 +285,17 @@ class StripeGateway:
         except stripe.CardError as exc:
             result = _decline(exc)
         except stripe.StripeError as exc:
-            error = gateway_error(exc)
-            log.warning(
-                "gateway.charge_error",
-                idempotency_key=request.idempotency_key,
-                error_class=type(error).__name__,
-                detail=str(error),
-            )
-            raise error from exc
+            gone = _no_payment_method(exc)
+            if gone is None:
+                error = gateway_error(exc)
+                log.warning(
+                    "gateway.charge_error",
+                    idempotency_key=request.idempotency_key,
+                    error_class=type(error).__name__,
+                    detail=str(error),
+                )
+                raise error from exc
+            result = gone
         log.info(
             "gateway.charge_result",
             idempotency_key=request.idempotency_key,
@@ -255,6 +303,71 @@ class StripeGateway:
             gateway_ref=result.gateway_ref,
         )
         return result
+
+    async def find_charge(self, request: ChargeRequest) -> ChargeResult | None:
+        """The customer's PaymentIntents, newest first, bounded below by created_after (less a
+        margin for clock skew), searched for the one whose metadata carries the key.
+
+        The list API rather than the search API: search is eventually consistent ("Don't use
+        search in read-after-write flows ... data is searchable in under 1 minute", longer
+        during an outage), and a lookup right after a lost answer is exactly read-after-write.
+
+        With no customer_id there is nothing to list, and nothing to miss: charge() sends the
+        customer whenever there is one, and Stripe refuses a PaymentMethod attached to a customer
+        unless that customer is named, so a request without one never charged a card on file.
+        """
+        if not request.customer_id:
+            return None
+        params: PaymentIntentListParams = {"customer": request.customer_id, "limit": _LIST_PAGE}
+        floor = created_floor(request)
+        if floor is not None:
+            params["created"] = {"gte": floor}
+        found: list[stripe.PaymentIntent] = []
+        try:
+            while True:
+                page = await self._client.v1.payment_intents.list_async(
+                    params=params, options=self._options(None)
+                )
+                found += [
+                    intent
+                    for intent in page.data
+                    if _metadata_key(intent) == request.idempotency_key
+                ]
+                if not page.has_more or not page.data:
+                    break
+                params["starting_after"] = page.data[-1].id
+        except stripe.StripeError as exc:
+            raise gateway_error(exc) from exc
+        if not found:
+            log.info("gateway.charge_not_found", idempotency_key=request.idempotency_key)
+            return None
+        # After a pruned key was reused, several intents carry it: the one that took the money
+        # is the answer (it must be credited), else the newest (the list is newest first).
+        intent = next((i for i in found if i.status == "succeeded"), found[0])
+        self._check_same_request(intent, request)
+        result = classify_intent(intent)
+        log.info(
+            "gateway.charge_found",
+            idempotency_key=request.idempotency_key,
+            outcome="succeeded" if isinstance(result, ChargeSucceeded) else result.code,
+            gateway_ref=intent.id,
+            intents=len(found),
+        )
+        return result
+
+    @staticmethod
+    def _check_same_request(intent: stripe.PaymentIntent, request: ChargeRequest) -> None:
+        # What Stripe's idempotency layer would say (idempotency_error) had the key still been
+        # remembered: the key names another request, which is our bug, not a charge to credit.
+        try:
+            amount = to_gateway_amount(request.amount, request.currency)
+        except MoneyError as exc:
+            raise GatewayConfigError(f"invalid charge amount: {exc}") from exc
+        if (intent.amount, intent.currency) != (amount, request.currency.lower()):
+            raise GatewayConfigError(
+                f"idempotency key {request.idempotency_key!r} belongs to {intent.id} for "
+                f"{intent.amount} {intent.currency}, not {amount} {request.currency.lower()}"
+            )
 
     async def close(self) -> None:
         await self._http.close_async()  # type: ignore[no-untyped-call]  # untyped in the SDK

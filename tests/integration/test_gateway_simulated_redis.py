@@ -116,3 +116,25 @@ async def test_state_survives_a_sigkilled_caller(redis_client: aioredis.Redis, p
             await asyncio.sleep(0.05)
     assert isinstance(result, ChargeSucceeded)
     assert await gw.charges_made(key) == 1
+
+
+async def test_an_expired_key_is_found_by_find_charge_from_another_client(
+    redis_client: aioredis.Redis, prefix: str
+) -> None:
+    """record_ttl_s is Stripe's pruning by the clock; the executed record outlives it."""
+    key = f"recharge-{uuid.uuid4().hex}-1"
+    req = ChargeRequest(key, "acct-mp", Decimal("40.00"), "USD", "cus_sim_acct-mp", "pm_card_visa")
+    first = await SimulatedGateway(redis_client, prefix, record_ttl_s=1).charge(req)
+    assert isinstance(first, ChargeSucceeded)
+    deadline = time.monotonic() + 10
+    while await redis_client.exists(f"{prefix}:idem:{key}"):
+        assert time.monotonic() < deadline, "the idempotency record never expired"
+        await asyncio.sleep(0.1)
+
+    other = aioredis.Redis.from_url(REDIS_URL)  # another worker process's client
+    try:
+        gw = SimulatedGateway(other, prefix)
+        assert await gw.find_charge(req) == first
+        assert await gw.charges_made(key) == 1
+    finally:
+        await other.aclose()

@@ -1,16 +1,22 @@
-"""StripeGateway against localstripe, and against a scripted fake for what localstripe can't say.
+"""StripeGateway against localstripe, against the Stripe double in front of it, and against a
+scripted fake for what neither can say.
 
-localstripe (1.15) never sends 429, 5xx, 409 idempotency_key_in_use, idempotency_error, or a
-card error shaped like Stripe's (decline_code, payment_intent): those answers come from a tiny
-aiohttp server that replays canned Stripe responses and records what the SDK sent.
+localstripe (1.15) ignores Idempotency-Key, cannot list PaymentIntents by customer, and lets a
+detached card be charged: the double (tests/support/stripe_double.py) adds Stripe's behaviour
+there, plus keys forgotten and responses lost on demand. Card errors shaped like Stripe's
+(decline_code, payment_intent) and odd statuses come from a tiny aiohttp server that replays
+canned Stripe responses and records what the SDK sent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -18,9 +24,11 @@ import pytest
 import stripe
 
 from common.gateway import (
+    NO_PAYMENT_METHOD,
     CardRejected,
     ChargeFailed,
     ChargeRequest,
+    ChargeResult,
     ChargeSucceeded,
     GatewayConfigError,
     GatewayError,
@@ -34,6 +42,7 @@ from tests.support.localstripe import (
     free_port,
     run_localstripe,
 )
+from tests.support.stripe_double import DETACHED_AT_CONFIRM, StripeDouble, run_stripe_double
 
 # stripe 16's HTTPXClient passes the encoded body as `data=`, which httpx 0.28 deprecates.
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
@@ -65,6 +74,37 @@ async def sdk(localstripe: Localstripe) -> AsyncIterator[stripe.StripeClient]:
     http = stripe.HTTPXClient(timeout=10)
     yield stripe.StripeClient(
         localstripe.api_key, http_client=http, base_addresses={"api": localstripe.api_base}
+    )
+    await http.close_async()  # type: ignore[no-untyped-call]
+
+
+@pytest.fixture(scope="module")
+async def double(localstripe: Localstripe) -> AsyncIterator[StripeDouble]:
+    async with run_stripe_double(localstripe.api_base) as server:
+        yield server
+
+
+@pytest.fixture
+async def dgw(localstripe: Localstripe, double: StripeDouble) -> AsyncIterator[StripeGateway]:
+    """The gateway talking to the double."""
+    double.reset()
+    gw = StripeGateway(localstripe.api_key, double.api_base, timeout_s=10)
+    yield gw
+    await gw.close()
+    double.reset()
+
+
+@pytest.fixture
+async def dsdk(
+    localstripe: Localstripe, double: StripeDouble
+) -> AsyncIterator[stripe.StripeClient]:
+    """A plain SDK client to the double: detach cards, list what the gateway did."""
+    http = stripe.HTTPXClient(timeout=10)
+    yield stripe.StripeClient(
+        localstripe.api_key,
+        http_client=http,
+        base_addresses={"api": double.api_base},
+        max_network_retries=0,
     )
     await http.close_async()  # type: ignore[no-untyped-call]
 
@@ -198,10 +238,14 @@ async def test_invalid_requests_are_config_errors(gateway: StripeGateway) -> Non
     attached = await gateway.attach_card(
         account_id=account(), customer_id=None, payment_method="pm_card_visa"
     )
-    with pytest.raises(GatewayConfigError):  # 404: no such PaymentMethod
+    # localstripe's bare 404 (no code, no param) names nothing: ours to look at. Stripe's own
+    # answer, resource_missing on payment_method, is a missing card (see the double's tests).
+    with pytest.raises(GatewayConfigError):
         await gateway.charge(charge_request(attached.customer_id, "pm_does_not_exist"))
     with pytest.raises(GatewayConfigError, match="minor unit"):  # refused before any request
         await gateway.charge(charge_request(attached.customer_id, "pm_x", amount="25.001"))
+    with pytest.raises(GatewayConfigError, match=r"minimum charge of 0\.50 USD"):
+        await gateway.charge(charge_request(attached.customer_id, "pm_x", amount="0.49"))
 
 
 async def test_connection_refused_is_transient() -> None:
@@ -213,6 +257,225 @@ async def test_connection_refused_is_transient() -> None:
             await gw.attach_card(account_id=account(), customer_id=None, payment_method="pm_x")
     finally:
         await gw.close()
+
+
+# --- the Stripe double: idempotency, forgotten keys, lost responses, lists, detached cards ---
+
+
+async def intents_of(sdk: stripe.StripeClient, customer_id: str) -> list[stripe.PaymentIntent]:
+    page = await sdk.v1.payment_intents.list_async(params={"customer": customer_id, "limit": 100})
+    return list(page.data)
+
+
+async def visa_customer(gw: StripeGateway) -> tuple[str, str]:
+    attached = await gw.attach_card(
+        account_id=account(), customer_id=None, payment_method="pm_card_visa"
+    )
+    return attached.customer_id, attached.payment_method
+
+
+async def find_then_charge(gw: StripeGateway, req: ChargeRequest) -> ChargeResult:
+    """What a caller that lost an answer does once the key may have been pruned."""
+    found = await gw.find_charge(req)
+    return found if found is not None else await gw.charge(req)
+
+
+async def test_lost_response_forgotten_key_find_then_charge_makes_one_intent(
+    dgw: StripeGateway, dsdk: stripe.StripeClient, double: StripeDouble
+) -> None:
+    customer_id, pm = await visa_customer(dgw)
+    req = charge_request(customer_id, pm)
+    double.fail_next("lost_response")
+    with pytest.raises(TransientGatewayError):
+        await dgw.charge(req)
+    [intent] = await intents_of(dsdk, customer_id)  # Stripe did charge; we never heard
+    assert intent.status == "succeeded"
+    double.forget_key(req.idempotency_key)  # more than 24 hours later
+    assert not double.remembers(req.idempotency_key)
+
+    result = await find_then_charge(dgw, req)
+    assert result == ChargeSucceeded(gateway_ref=intent.id)
+    assert [i.id for i in await intents_of(dsdk, customer_id)] == [intent.id]
+    assert double.outcomes() == ["fault:lost_response (forwarded)"]  # no second create
+
+
+async def test_a_forgotten_key_is_a_new_request(
+    dgw: StripeGateway, dsdk: stripe.StripeClient, double: StripeDouble
+) -> None:
+    """Why find_charge exists: charge() alone, after pruning, pays twice (as at Stripe)."""
+    customer_id, pm = await visa_customer(dgw)
+    req = charge_request(customer_id, pm)
+    first = await dgw.charge(req)
+    double.forget_keys()
+    second = await dgw.charge(req)
+    assert isinstance(first, ChargeSucceeded) and isinstance(second, ChargeSucceeded)
+    assert first.gateway_ref != second.gateway_ref
+    assert len(await intents_of(dsdk, customer_id)) == 2
+    # find_charge then answers with the newest intent that took money, not a third charge.
+    assert await dgw.find_charge(req) == second
+
+
+@pytest.mark.parametrize("fault", ["drop_request", "server_error", "rate_limit"])
+async def test_find_charge_is_none_when_nothing_was_created(
+    dgw: StripeGateway, dsdk: stripe.StripeClient, double: StripeDouble, fault: Any
+) -> None:
+    customer_id, pm = await visa_customer(dgw)
+    earlier = await dgw.charge(charge_request(customer_id, pm))  # another attempt's intent
+    assert isinstance(earlier, ChargeSucceeded)
+    req = charge_request(customer_id, pm)
+    double.fail_next(fault)
+    with pytest.raises(TransientGatewayError):
+        await dgw.charge(req)
+    assert await dgw.find_charge(req) is None
+    result = await find_then_charge(dgw, req)
+    assert isinstance(result, ChargeSucceeded)
+    intents = await intents_of(dsdk, customer_id)
+    assert {i.id for i in intents} == {earlier.gateway_ref, result.gateway_ref}
+    assert double.pending_faults() == 0
+
+
+async def test_find_charge_with_created_after(dgw: StripeGateway, double: StripeDouble) -> None:
+    customer_id, pm = await visa_customer(dgw)
+    before = datetime.now(UTC)
+    req = charge_request(customer_id, pm)
+    charged = await dgw.charge(req)
+    bounded = dataclasses.replace(req, created_after=before)
+    assert await dgw.find_charge(bounded) == charged
+    [listed] = [s for s in double.seen if s.method == "GET"][-1:]
+    assert listed.outcome == "listed"
+    tomorrow = dataclasses.replace(req, created_after=before + timedelta(days=1))
+    assert await dgw.find_charge(tomorrow) is None
+
+
+async def test_idempotent_replay_returns_the_same_intent(
+    dgw: StripeGateway, dsdk: stripe.StripeClient, double: StripeDouble
+) -> None:
+    customer_id, pm = await visa_customer(dgw)
+    req = charge_request(customer_id, pm)
+    first, second = await dgw.charge(req), await dgw.charge(req)
+    assert isinstance(first, ChargeSucceeded)
+    assert second == first
+    assert len(await intents_of(dsdk, customer_id)) == 1
+    assert double.outcomes() == ["forwarded", "replayed"]
+    with pytest.raises(GatewayConfigError):  # same key, other parameters: idempotency_error
+        await dgw.charge(charge_request(customer_id, pm, amount="30.00", key=req.idempotency_key))
+    assert double.outcomes()[-1] == "idempotency_error"
+
+
+async def test_a_card_error_is_replayed_not_retried(
+    dgw: StripeGateway, sdk: stripe.StripeClient, dsdk: stripe.StripeClient, double: StripeDouble
+) -> None:
+    pm = await card(sdk, "4000000000000341")  # attaches fine, declines every charge
+    attached = await dgw.attach_card(account_id=account(), customer_id=None, payment_method=pm)
+    req = charge_request(attached.customer_id, attached.payment_method)
+    first, second = await dgw.charge(req), await dgw.charge(req)
+    assert isinstance(first, ChargeFailed) and first.code == "card_declined"
+    assert second == first
+    assert double.outcomes() == ["forwarded", "replayed"]
+    assert len(await intents_of(dsdk, attached.customer_id)) == 1
+    found = await dgw.find_charge(req)  # the failed intent, classified the same way
+    assert isinstance(found, ChargeFailed) and found.code == "card_declined"
+
+
+async def test_a_key_in_progress_is_transient(
+    dgw: StripeGateway, dsdk: stripe.StripeClient, double: StripeDouble
+) -> None:
+    customer_id, pm = await visa_customer(dgw)
+    req = charge_request(customer_id, pm)
+    double.forward_delay_s = 0.5
+    outcomes = await asyncio.gather(dgw.charge(req), dgw.charge(req), return_exceptions=True)
+    assert sorted(type(o).__name__ for o in outcomes) == [
+        "ChargeSucceeded",
+        "TransientGatewayError",
+    ]
+    assert "in_use" in double.outcomes()
+    double.forward_delay_s = 0.0
+    [succeeded] = [o for o in outcomes if isinstance(o, ChargeSucceeded)]
+    assert await dgw.charge(req) == succeeded  # the retry gets the first request's answer
+    assert len(await intents_of(dsdk, customer_id)) == 1
+
+
+async def test_a_detached_card_fails_with_no_payment_method(
+    dgw: StripeGateway, dsdk: stripe.StripeClient, double: StripeDouble
+) -> None:
+    customer_id, pm = await visa_customer(dgw)
+    await dsdk.v1.payment_methods.detach_async(pm)
+    req = charge_request(customer_id, pm)
+    result = await dgw.charge(req)
+    assert isinstance(result, ChargeFailed)
+    assert (result.code, result.gateway_ref) == (NO_PAYMENT_METHOD, None)
+    assert "detached from a Customer" in result.message
+    assert await intents_of(dsdk, customer_id) == []
+    assert double.outcomes() == ["refused"]  # not saved: the key is still free
+    assert await dgw.find_charge(req) is None
+    assert result.message == DETACHED_AT_CONFIRM
+
+
+async def test_the_double_refuses_to_attach_a_detached_card(
+    dgw: StripeGateway, dsdk: stripe.StripeClient
+) -> None:
+    # "Detachment is permanent and irreversible": a new card is the customer's way out.
+    customer_id, pm = await visa_customer(dgw)
+    await dsdk.v1.payment_methods.detach_async(pm)
+    with pytest.raises(stripe.InvalidRequestError, match="may not be used again"):
+        await dsdk.v1.payment_methods.attach_async(pm, params={"customer": customer_id})
+
+
+async def test_missing_payment_method_or_customer(dgw: StripeGateway) -> None:
+    customer_id, _ = await visa_customer(dgw)
+    result = await dgw.charge(charge_request(customer_id, "pm_does_not_exist"))
+    assert isinstance(result, ChargeFailed) and result.code == NO_PAYMENT_METHOD
+    assert "No such PaymentMethod" in result.message
+    with pytest.raises(GatewayConfigError):  # a customer we do not know is ours to look at
+        await dgw.charge(charge_request("cus_does_not_exist", "pm_card_visa"))
+
+
+async def test_listing_is_filtered_by_customer_and_time(
+    dgw: StripeGateway, dsdk: stripe.StripeClient
+) -> None:
+    alice, alice_pm = await visa_customer(dgw)
+    bob, bob_pm = await visa_customer(dgw)
+    a1 = await dgw.charge(charge_request(alice, alice_pm))
+    b1 = await dgw.charge(charge_request(bob, bob_pm))
+    a2 = await dgw.charge(charge_request(alice, alice_pm, amount="30.00"))
+    assert isinstance(a1, ChargeSucceeded) and isinstance(a2, ChargeSucceeded)
+    assert isinstance(b1, ChargeSucceeded)
+
+    alices = await intents_of(dsdk, alice)
+    assert [i.id for i in alices] == [a2.gateway_ref, a1.gateway_ref]  # newest first
+    assert all(i.customer == alice for i in alices)
+    assert [i.id for i in await intents_of(dsdk, bob)] == [b1.gateway_ref]
+
+    now = int(time.time())
+    future = await dsdk.v1.payment_intents.list_async(
+        params={"customer": alice, "created": {"gte": now + 3600}}
+    )
+    assert future.data == [] and not future.has_more
+    past = await dsdk.v1.payment_intents.list_async(
+        params={"customer": alice, "created": {"lt": now - 3600}}
+    )
+    assert past.data == []
+    recent = await dsdk.v1.payment_intents.list_async(
+        params={"customer": alice, "created": {"gte": now - 3600, "lte": now + 3600}}
+    )
+    assert len(recent.data) == 2
+
+    first = await dsdk.v1.payment_intents.list_async(params={"customer": alice, "limit": 1})
+    assert [i.id for i in first.data] == [a2.gateway_ref] and first.has_more
+    rest = await dsdk.v1.payment_intents.list_async(
+        params={"customer": alice, "limit": 1, "starting_after": first.data[0].id}
+    )
+    assert [i.id for i in rest.data] == [a1.gateway_ref] and not rest.has_more
+    back = await dsdk.v1.payment_intents.list_async(
+        params={"customer": alice, "limit": 1, "ending_before": rest.data[0].id}
+    )
+    assert [i.id for i in back.data] == [a2.gateway_ref]
+
+    with pytest.raises(stripe.InvalidRequestError, match="unknown parameter"):
+        unknown: Any = {"status": "succeeded"}  # not a list filter of PaymentIntents
+        await dsdk.v1.payment_intents.list_async(params=unknown)
+    with pytest.raises(stripe.InvalidRequestError):
+        await dsdk.v1.payment_intents.list_async(params={"limit": 101})
 
 
 # --- a scripted fake, for Stripe's answers localstripe never gives --------------------------
@@ -233,6 +496,7 @@ class FakeStripe:
                 "path": request.path,
                 "idempotency_key": request.headers.get("Idempotency-Key"),
                 "form": dict(form),
+                "query": dict(request.query),
             }
         )
         if self.delay_s:
@@ -329,6 +593,18 @@ async def test_request_shape_for_real_stripe(fake: FakeStripe, fake_gateway: Str
             {"error": {"type": "invalid_request_error", "message": "bad key"}},
             GatewayConfigError,
         ),
+        (
+            400,
+            {
+                "error": {
+                    "type": "invalid_request_error",
+                    "code": "resource_missing",
+                    "param": "customer",
+                    "message": "No such customer: 'cus_1'",
+                }
+            },
+            GatewayConfigError,
+        ),
         (403, {"error": {"type": "invalid_request_error", "message": "no"}}, GatewayConfigError),
         (400, {"error": {"type": "invalid_request_error", "param": "amount"}}, GatewayConfigError),
         (200, intent("requires_capture"), GatewayConfigError),
@@ -399,3 +675,185 @@ async def test_timeout_is_transient(fake: FakeStripe) -> None:
             await gw.charge(charge_request("cus_1", "pm_1"))
     finally:
         await gw.close()
+
+
+# Stripe's answers for a card on file that is detached or gone: a failed attempt, not ours.
+DETACHED = (
+    "The provided PaymentMethod was previously used with a PaymentIntent without Customer "
+    "attachment, shared with a connected account without Customer attachment, or was detached "
+    "from a Customer. It may not be used again. To use a PaymentMethod multiple times, you must "
+    "attach it to a Customer first."
+)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        {"type": "invalid_request_error", "message": DETACHED},  # no code, no param
+        {
+            "type": "invalid_request_error",
+            "param": "payment_method",
+            "message": "The customer does not have a payment method with the ID pm_1. The "
+            "payment method must be attached to the customer.",
+        },
+        {
+            "type": "invalid_request_error",
+            "code": "resource_missing",
+            "param": "payment_method",
+            "message": "No such PaymentMethod: 'pm_1'",
+        },
+    ],
+)
+async def test_a_card_gone_at_stripe_is_no_payment_method(
+    fake: FakeStripe, fake_gateway: StripeGateway, error: dict[str, Any]
+) -> None:
+    fake.replies.append((400, {"error": error}))
+    result = await fake_gateway.charge(charge_request("cus_1", "pm_1"))
+    assert result == ChargeFailed(code=NO_PAYMENT_METHOD, message=error["message"])
+
+
+async def test_an_unrelated_bad_request_is_still_ours(
+    fake: FakeStripe, fake_gateway: StripeGateway
+) -> None:
+    # A detached-sounding message about another parameter is not the card on file.
+    body = {"type": "invalid_request_error", "param": "customer", "message": DETACHED}
+    fake.replies.append((400, {"error": body}))
+    with pytest.raises(GatewayConfigError):
+        await fake_gateway.charge(charge_request("cus_1", "pm_1"))
+
+
+def listing(*intents: dict[str, Any], has_more: bool = False) -> dict[str, Any]:
+    return {"object": "list", "url": "/v1/payment_intents", "has_more": has_more, "data": intents}
+
+
+def keyed(pi: str, key: str, status: str = "succeeded", **extra: Any) -> dict[str, Any]:
+    return {
+        "id": pi,
+        "object": "payment_intent",
+        "status": status,
+        "amount": 2550,
+        "currency": "usd",
+        "metadata": {"idempotency_key": key, "account_id": "acct-ls"},
+        **extra,
+    }
+
+
+async def test_find_charge_request_shape_and_pagination(
+    fake: FakeStripe, fake_gateway: StripeGateway
+) -> None:
+    after = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    req = dataclasses.replace(charge_request("cus_1", "pm_1"), created_after=after)
+    fake.replies += [
+        (200, listing(keyed("pi_a", "other-key"), keyed("pi_b", "other"), has_more=True)),
+        (200, listing(keyed("pi_c", req.idempotency_key))),
+    ]
+    assert await fake_gateway.find_charge(req) == ChargeSucceeded("pi_c")
+    floor = str(int(after.timestamp()) - 300)
+    assert [(r["method"], r["path"], r["query"]) for r in fake.requests] == [
+        (
+            "GET",
+            "/v1/payment_intents",
+            {"customer": "cus_1", "limit": "100", "created[gte]": floor},
+        ),
+        (
+            "GET",
+            "/v1/payment_intents",
+            {"customer": "cus_1", "limit": "100", "created[gte]": floor, "starting_after": "pi_b"},
+        ),
+    ]
+    assert all(r["idempotency_key"] is None for r in fake.requests)
+
+
+async def test_find_charge_classifies_like_charge(
+    fake: FakeStripe, fake_gateway: StripeGateway
+) -> None:
+    req = charge_request("cus_1", "pm_1")
+    error = {"code": "card_declined", "decline_code": "insufficient_funds", "message": "No."}
+    fake.replies.append(
+        (
+            200,
+            listing(
+                keyed(
+                    "pi_f", req.idempotency_key, "requires_payment_method", last_payment_error=error
+                )
+            ),
+        )
+    )
+    assert await fake_gateway.find_charge(req) == ChargeFailed(
+        code="insufficient_funds", message="No.", gateway_ref="pi_f"
+    )
+    fake.replies.append((200, listing(keyed("pi_p", req.idempotency_key, "processing"))))
+    with pytest.raises(TransientGatewayError):
+        await fake_gateway.find_charge(req)
+    fake.replies.append((200, listing(keyed("pi_x", req.idempotency_key, "requires_action"))))
+    found = await fake_gateway.find_charge(req)
+    assert isinstance(found, ChargeFailed) and found.code == "authentication_required"
+
+
+async def test_find_charge_prefers_the_intent_that_took_money(
+    fake: FakeStripe, fake_gateway: StripeGateway
+) -> None:
+    req = charge_request("cus_1", "pm_1")
+    fake.replies.append(
+        (
+            200,
+            listing(
+                keyed("pi_new", req.idempotency_key, "requires_payment_method"),
+                keyed("pi_old", req.idempotency_key, "succeeded"),
+            ),
+        )
+    )
+    assert await fake_gateway.find_charge(req) == ChargeSucceeded("pi_old")
+
+
+async def test_find_charge_nothing_found(fake: FakeStripe, fake_gateway: StripeGateway) -> None:
+    req = charge_request("cus_1", "pm_1")
+    fake.replies.append((200, listing(keyed("pi_a", "another-key"))))
+    assert await fake_gateway.find_charge(req) is None
+    assert "created[gte]" not in fake.requests[0]["query"]  # no bound without created_after
+    fake.replies.append((200, listing()))
+    assert await fake_gateway.find_charge(req) is None
+
+
+async def test_find_charge_without_a_customer_asks_nothing(
+    fake: FakeStripe, fake_gateway: StripeGateway
+) -> None:
+    assert await fake_gateway.find_charge(charge_request(None, "pm_1")) is None
+    assert fake.requests == []
+
+
+async def test_find_charge_with_other_parameters_is_ours(
+    fake: FakeStripe, fake_gateway: StripeGateway
+) -> None:
+    req = charge_request("cus_1", "pm_1", amount="30.00")
+    fake.replies.append((200, listing(keyed("pi_a", req.idempotency_key))))  # 25.50 USD
+    with pytest.raises(GatewayConfigError, match="idempotency key"):
+        await fake_gateway.find_charge(req)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (500, {"error": {"type": "api_error", "message": "boom"}}, TransientGatewayError),
+        (
+            429,
+            {"error": {"type": "invalid_request_error", "code": "rate_limit"}},
+            TransientGatewayError,
+        ),
+        (
+            401,
+            {"error": {"type": "invalid_request_error", "message": "bad key"}},
+            GatewayConfigError,
+        ),
+    ],
+)
+async def test_find_charge_errors(
+    fake: FakeStripe,
+    fake_gateway: StripeGateway,
+    status: int,
+    body: Any,
+    expected: type[GatewayError],
+) -> None:
+    fake.replies.append((status, body))
+    with pytest.raises(expected):
+        await fake_gateway.find_charge(charge_request("cus_1", "pm_1"))

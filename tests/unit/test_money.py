@@ -9,9 +9,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from common.money import (
+    _MINOR_UNITS,
     MoneyError,
     check_fits_minor_unit,
     format_amount,
+    minor_units,
     parse_amount,
     parse_currency,
     to_minor_units,
@@ -100,3 +102,66 @@ def test_format_amount_is_plain_text_with_at_least_two_decimals() -> None:
     assert format_amount(Decimal("0.000123")) == "0.000123"
     assert format_amount(Decimal("1E+3")) == "1000.00"
     assert format_amount(Decimal("-2.5")) == "-2.50"
+
+
+# ISO 4217 (list one of the maintenance agency), written out here so that a deleted or changed
+# entry of the ledger's table fails: every code whose minor unit is not 2, plus MGA (2 in ISO,
+# zero-decimal at Stripe: the ledger keeps ISO).
+ISO_MINOR_UNITS = {
+    "BHD": 3,
+    "BIF": 0,
+    "CLF": 4,
+    "CLP": 0,
+    "DJF": 0,
+    "GNF": 0,
+    "IQD": 3,
+    "ISK": 0,
+    "JOD": 3,
+    "JPY": 0,
+    "KMF": 0,
+    "KRW": 0,
+    "KWD": 3,
+    "LYD": 3,
+    "MGA": 2,
+    "OMR": 3,
+    "PYG": 0,
+    "RWF": 0,
+    "TND": 3,
+    "UGX": 0,
+    "UYI": 0,
+    "UYW": 4,
+    "VND": 0,
+    "VUV": 0,
+    "XAF": 0,
+    "XOF": 0,
+    "XPF": 0,
+}
+
+
+def test_the_iso_table_lists_exactly_these_currencies() -> None:
+    assert dict(_MINOR_UNITS) == ISO_MINOR_UNITS
+
+
+@pytest.mark.parametrize(("currency", "units"), sorted(ISO_MINOR_UNITS.items()))
+def test_every_iso_entry_on_both_sides(currency: str, units: int) -> None:
+    assert minor_units(currency) == units
+    finest = Decimal(1).scaleb(-units)  # 1, 0.01, 0.001, 0.0001
+    check_fits_minor_unit(Decimal(7) + finest, currency)
+    assert to_minor_units(Decimal(7) + finest, currency) == 7 * 10**units + 1
+    with pytest.raises(MoneyError, match="minor unit"):
+        check_fits_minor_unit(Decimal(7) + finest / 10, currency)
+
+
+@pytest.mark.parametrize("currency", ["USD", "EUR", "HUF", "TWD", "XYZ"])
+def test_unlisted_currencies_have_two_decimals(currency: str) -> None:
+    assert minor_units(currency) == 2
+    assert to_minor_units(Decimal("25.50"), currency) == 2550
+    with pytest.raises(MoneyError, match="minor unit"):
+        check_fits_minor_unit(Decimal("25.501"), currency)
+
+
+def test_iso_semantics_not_stripe_semantics() -> None:
+    # The ledger's units, not the card charge's (common/gateway/currencies.py differs for these).
+    assert (minor_units("ISK"), minor_units("UGX"), minor_units("MGA")) == (0, 0, 2)
+    assert to_minor_units(Decimal("100"), "ISK") == 100
+    assert to_minor_units(Decimal("1000.50"), "MGA") == 100050
