@@ -77,5 +77,6 @@ def configure_logging(log_format: str = "json", level: int = logging.INFO) -> No
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("httpx", "httpcore", "stripe"):
+    # alembic.runtime.plugins: seven INFO lines each time alembic is imported.
+    for noisy in ("httpx", "httpcore", "stripe", "alembic.runtime.plugins"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

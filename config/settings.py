@@ -10,8 +10,11 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# CONTRACT.md accepts both `postgresql://` and `postgresql+asyncpg://`.
+POSTGRESQL_SCHEMES = ("postgresql+asyncpg://", "postgresql://", "postgres://")
 
 
 class Settings(BaseSettings):
@@ -74,6 +77,14 @@ class Settings(BaseSettings):
         "contacto:simgw", validation_alias="CONTACTO_SIMULATED_PREFIX"
     )
 
+    @field_validator("database_url")
+    @classmethod
+    def _postgresql_url(cls, value: str) -> str:
+        # Refused now, with the variable's name, rather than at the first connection.
+        if not value.startswith(POSTGRESQL_SCHEMES):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
     @field_validator("min_recharge_amount", "max_recharge_amount", mode="before")
     @classmethod
     def _money_is_text(cls, value: object) -> object:
@@ -97,11 +108,33 @@ class Settings(BaseSettings):
 
 
 def to_asyncpg_url(url: str) -> str:
-    """CONTRACT.md accepts both `postgresql://` and `postgresql+asyncpg://`."""
-    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+    for prefix in POSTGRESQL_SCHEMES:
         if url.startswith(prefix):
             return "postgresql+asyncpg://" + url[len(prefix) :]
     raise ValueError("DATABASE_URL must be a postgresql:// URL")
+
+
+# Their values may carry a password: an error names the variable, never echoes the value.
+_NOT_ECHOED = ("URL", "KEY", "PASSWORD", "SECRET", "TOKEN")
+
+
+def settings_problem(exc: ValidationError) -> str:
+    """One line naming each variable that is wrong, and why (Settings' ValidationError)."""
+    parts = []
+    for error in exc.errors():
+        variable = ".".join(str(part) for part in error["loc"]) or "settings"
+        # Our validators' messages read as "must be …": after the name, they make a sentence.
+        reason = error["msg"].removeprefix("Value error, ")
+        if reason.startswith("must "):
+            parts.append(f"{variable} {reason}")
+            continue
+        reason = reason[:1].lower() + reason[1:]
+        given = error.get("input")
+        if isinstance(given, str) and not any(word in variable for word in _NOT_ECHOED):
+            parts.append(f"{variable}={given!r}: {reason}")
+        else:
+            parts.append(f"{variable}: {reason}")
+    return "; ".join(parts)
 
 
 @lru_cache(maxsize=1)

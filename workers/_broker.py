@@ -13,10 +13,10 @@ from dramatiq.middleware import Middleware
 
 from common.broker.factory import setup_broker
 from common.logging import configure_logging
-from config.settings import get_settings
 from workers._resources import ResourcesMiddleware
+from workers._startup import load_settings
 
-settings = get_settings()
+settings = load_settings()
 configure_logging(settings.log_format)
 middleware: list[Middleware] = [ResourcesMiddleware(settings)]
 # dramatiq's Prometheus middleware forks an exposition server on dramatiq_prom_port; only the

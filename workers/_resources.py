@@ -13,7 +13,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
-from dramatiq.asyncio import get_event_loop_thread
+from dramatiq.asyncio import get_event_loop_thread, set_event_loop_thread
 from dramatiq.middleware import Middleware
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -21,6 +21,7 @@ from common.db.engine import create_engine
 from common.db.hotpool import HotPool
 from common.gateway import PaymentGateway, build_gateway
 from config.settings import Settings
+from workers._startup import EXIT_NOT_STARTED, NotStarted, check_schema
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +72,15 @@ class ResourcesMiddleware(Middleware):
         global _current
         loop_thread = get_event_loop_thread()
         assert loop_thread is not None, "the AsyncIO middleware must come first"
+        try:
+            loop_thread.run_coroutine(check_schema(self.settings, unreachable_is_fatal=False))
+        except NotStarted:
+            # The loop's thread is not a daemon: left running, the process could never exit.
+            loop_thread.stop()  # type: ignore[no-untyped-call]
+            set_event_loop_thread(None)
+            # No worker thread runs yet. dramatiq's main process sees this exit status, says the
+            # worker "exited unexpectedly" and stops the rest.
+            raise SystemExit(EXIT_NOT_STARTED) from None
         _current = loop_thread.run_coroutine(self._start())
         log.info("worker.resources_started")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 import time
 from typing import Any
 
@@ -24,7 +25,8 @@ from common.logging import configure_logging
 from common.metrics import metrics, serve
 from common.names import OUTBOX_CHANNEL
 from common.outbox.relay import Publisher, drain_once, outbox_lag, prune_sent
-from config.settings import Settings, get_settings
+from config.settings import Settings
+from workers._startup import EXIT_NOT_STARTED, NotStarted, check_schema, load_settings
 
 log = structlog.get_logger("workers.relay")
 PRUNE_EVERY_S = 3600.0
@@ -32,6 +34,8 @@ GAUGES_EVERY_S = 5.0
 
 
 async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
+    """Raises NotStarted (logged) when the database is not there or not migrated."""
+    await check_schema(settings, unreachable_is_fatal=True)
     engine = create_engine(settings, pool_size=2)
     publisher = Publisher(
         broker=build_broker(settings),
@@ -107,7 +111,7 @@ async def _wait_any(a: asyncio.Event, b: asyncio.Event, timeout_s: float) -> Non
 
 
 def main() -> None:
-    settings = get_settings()
+    settings = load_settings()
     configure_logging(settings.log_format)
 
     async def _main() -> None:
@@ -117,7 +121,10 @@ def main() -> None:
             loop.add_signal_handler(sig, stop.set)
         await run_relay(settings, stop)
 
-    asyncio.run(_main())
+    try:
+        asyncio.run(_main())
+    except NotStarted:
+        sys.exit(EXIT_NOT_STARTED)
 
 
 if __name__ == "__main__":

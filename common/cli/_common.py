@@ -1,4 +1,4 @@
-"""Helpers shared by the command modules: errors, JSON output, an engine for one command."""
+"""Helpers shared by the command modules: errors, JSON output, argument types."""
 
 from __future__ import annotations
 
@@ -6,25 +6,26 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import Coroutine
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
-import asyncpg
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from common.db.engine import create_engine, raw_connection
 from common.money import MoneyError, format_amount, parse_amount
-from config.settings import Settings, get_settings
 
 T = TypeVar("T")
-Handler = Callable[[argparse.Namespace], int | None]
+
+EXIT_REFUSED = 1
+EXIT_SETUP = 2
 
 
 class CliError(Exception):
     """A refusal the user can act on: printed as one line on stderr, exit status 1."""
+
+
+class SetupError(Exception):
+    """The environment is wrong (a service that does not answer, a missing setting): printed as
+    one line on stderr, exit status 2, so that scripts can tell it from a refusal."""
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -54,18 +55,3 @@ def amount_arg(text: str) -> Decimal:
         return parse_amount(text)
     except MoneyError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-@asynccontextmanager
-async def engine_for(settings: Settings | None = None) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(settings or get_settings(), pool_size=1)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
-
-
-async def with_conn(fn: Callable[[asyncpg.Connection[Any]], Awaitable[T]]) -> T:
-    """Run `fn` on one connection of a short-lived engine (one CLI command)."""
-    async with engine_for() as engine, raw_connection(engine) as conn:
-        return await fn(conn)

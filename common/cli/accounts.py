@@ -9,7 +9,9 @@ import asyncpg
 
 from common.accounts.store import AccountError
 from common.accounts.support import create_account, credit_account, show_account
-from common.cli._common import CliError, amount_arg, print_json, run, to_jsonable, with_conn
+from common.cli import credentials, recharge
+from common.cli._common import CliError, amount_arg, print_json, run, to_jsonable
+from common.cli._connect import with_conn
 from common.money import MoneyError
 
 
@@ -36,16 +38,9 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_show)
 
-    for extra in _extensions():
-        extra(acc)
-
-
-def _extensions() -> list[Any]:
-    """Command modules that add actions under `accounts` (recharge settings, credentials)."""
-    from common.cli.credentials import register_under_accounts as credentials
-    from common.cli.recharge import register_under_accounts as recharge
-
-    return [recharge, credentials]
+    # Actions of their own modules: the recharge settings, then the console credentials.
+    recharge.register_under_accounts(acc)
+    credentials.register_under_accounts(acc)
 
 
 def _guard(fn: Any) -> Any:

@@ -5,8 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from common.audit import run_audit
-from common.cli._common import print_json, run, to_jsonable, with_conn
+from rich.table import Table
+from rich.text import Text
+
+from common.audit import CheckResult, run_audit
+from common.cli._common import print_json, run, to_jsonable
+from common.cli._connect import with_conn
+from common.cli._render import render_table, show
+
+DONE = "audit: all invariants hold"
+BROKEN = "audit: invariants broken (see FAIL above)"
 
 
 def register(sub: Any) -> None:
@@ -35,9 +43,30 @@ def _audit(args: argparse.Namespace) -> int:
             }
         )
         return 0 if ok else 1
+    checks = render_table(
+        ["RESULT", "CHECK", "WHAT MUST HOLD"],
+        [[_verdict(r), r.name, r.description] for r in results],
+        left=3,
+        wrap=True,
+    )
+    show(checks)
     for r in results:
-        print(f"{'OK  ' if r.ok else 'FAIL'}  {r.name:<24} {r.description}")
-        for row in to_jsonable(r.offending):
-            print("        " + "  ".join(f"{k}={v}" for k, v in row.items()))
-    print("audit: all invariants hold" if ok else "audit: invariants broken (see FAIL above)")
+        if not r.ok:
+            show(Text(""), Text(f"{r.name}: {len(r.offending)} offending row(s)"), _rows(r))
+    show(Text(""), Text(DONE if ok else BROKEN))
     return 0 if ok else 1
+
+
+def _verdict(result: CheckResult) -> Text:
+    return Text("OK", style="green") if result.ok else Text("FAIL", style="bold red")
+
+
+def _rows(result: CheckResult) -> Table:
+    """A check's offending rows; each check has columns of its own."""
+    rows = to_jsonable(result.offending)
+    headers = list(dict.fromkeys(key for row in rows for key in row))
+    return render_table(
+        [h.upper().replace("_", "-") for h in headers],
+        [["-" if row.get(h) is None else str(row[h]) for h in headers] for row in rows],
+        left=len(headers),
+    )

@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from common.cli._common import CliError, print_json, run, with_conn
+from common.cli._common import CliError, print_json, run
+from common.cli._connect import with_conn
 from common.credentials.logins import (
     MAX_TTL,
     CredentialsError,

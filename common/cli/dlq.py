@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from rich.text import Text
 
 from common.broker.inspect import (
     DeadLetter,
@@ -19,7 +20,8 @@ from common.broker.inspect import (
     requeue_dead,
 )
 from common.cli._common import CliError, print_json
-from common.cli.queues import redis_client, render_table
+from common.cli._connect import redis_client
+from common.cli._render import render_table, show, table_lines
 from config.settings import get_settings
 
 PREVIEW_CHARS = 80
@@ -120,12 +122,14 @@ def _list(args: argparse.Namespace) -> int:
         for x in letters
     ]
     table = render_table(["DIED (UTC)", "QUEUE", "ACTOR", "MESSAGE-ID", "RETRIES"], rows, left=4)
-    head, *lines = table.splitlines()
-    print(head)
+    head, *lines = table_lines(table)
+    show(head)
     for line, letter in zip(lines, letters, strict=True):
-        print(line)
-        print(f"    kwargs: {_kwargs_preview(letter)}")
-        print(f"    error:  {_error(letter) or '(no traceback stored)'}")
+        show(
+            line,
+            Text(f"    kwargs: {_kwargs_preview(letter)}"),
+            Text(f"    error:  {_error(letter) or '(no traceback stored)'}"),
+        )
     return 0
 
 

@@ -11,9 +11,14 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from rich import progress
+
+from common.accounts.store import account_currency
 from common.broker.factory import build_broker
 from common.broker.publish import chunked, usage_batch_message, usage_message
-from common.cli._common import CliError, amount_arg, print_json, run, with_conn
+from common.cli._common import CliError, SetupError, amount_arg, print_json, run
+from common.cli._connect import redis_errors, with_conn
+from common.cli._render import err_console
 from common.names import ACTOR_RECORD_USAGE, ACTOR_RECORD_USAGE_BATCH, QUEUE_USAGE
 from config.settings import get_settings
 
@@ -72,16 +77,6 @@ def _file_events(handle: TextIO) -> Iterator[dict[str, Any]]:
         yield event
 
 
-async def _account_currency(account: str) -> str | None:
-    async def fetch(conn: Any) -> str | None:
-        value: str | None = await conn.fetchval(
-            "SELECT currency FROM accounts WHERE id = $1", account
-        )
-        return value
-
-    return await with_conn(fetch)
-
-
 def _usage(args: argparse.Namespace) -> int:
     if args.file is None:
         if not args.account or args.amount is None:
@@ -98,23 +93,23 @@ def _usage(args: argparse.Namespace) -> int:
     if args.rate is not None and args.rate <= 0:
         raise CliError("--rate must be positive")
 
-    broker = build_broker(get_settings())
-    bar = Progress(total, enabled=(total or 2) > 1 and not args.json)
+    settings = get_settings()
+    broker = build_broker(settings)
     sent_events: list[str] = []
     messages = 0
     started = time.monotonic()
     groups = chunked(events, args.batch_size) if args.batch_size else ([e] for e in events)
-    for group in groups:
-        if args.rate:
-            # Pace against the start, not the previous send, so rounding never accumulates.
-            due = started + len(sent_events) / args.rate
-            time.sleep(max(0.0, due - time.monotonic()))
-        message = usage_batch_message(group) if args.batch_size else usage_message(group[0])
-        broker.enqueue(message)
-        messages += 1
-        sent_events.extend(str(e.get("event_id")) for e in group)
-        bar.update(len(sent_events))
-    bar.close()
+    with redis_errors(settings), Progress(total, enabled=(total or 2) > 1 and not args.json) as bar:
+        for group in groups:
+            if args.rate:
+                # Pace against the start, not the previous send, so rounding never accumulates.
+                due = started + len(sent_events) / args.rate
+                time.sleep(max(0.0, due - time.monotonic()))
+            message = usage_batch_message(group) if args.batch_size else usage_message(group[0])
+            broker.enqueue(message)
+            messages += 1
+            sent_events.extend(str(e.get("event_id")) for e in group)
+            bar.update(len(sent_events))
     elapsed = time.monotonic() - started
     actor = ACTOR_RECORD_USAGE_BATCH if args.batch_size else ACTOR_RECORD_USAGE
     summary = {
@@ -143,9 +138,11 @@ def _usage(args: argparse.Namespace) -> int:
 
 def _lookup_currency(account: str) -> str:
     try:
-        currency = run(_account_currency(account))
-    except (OSError, ConnectionError):
-        currency = None
+        currency = run(with_conn(lambda conn: account_currency(conn, account)))
+    except SetupError as exc:
+        # Test jobs need no database: without one the currency is a guess, said as such.
+        print(f"warning: {exc}; sending USD", file=sys.stderr)
+        return "USD"
     if currency is None:
         print(
             f"warning: account {account!r} not found; sending USD (the worker will reject "
@@ -157,30 +154,33 @@ def _lookup_currency(account: str) -> str:
 
 
 class Progress:
-    """A one-line progress bar on stderr (only on a terminal, so logs stay clean)."""
-
-    WIDTH = 30
+    """A progress bar on stderr, only on a terminal: logs and pipes get no redraws."""
 
     def __init__(self, total: int | None, *, enabled: bool) -> None:
-        self.total = total
-        self.enabled = enabled and sys.stderr.isatty()
-        self.started = time.monotonic()
-        self.last_draw = 0.0
+        self._bar: progress.Progress | None = None
+        if not (enabled and sys.stderr.isatty()):
+            return
+        self._bar = progress.Progress(
+            progress.SpinnerColumn() if total is None else progress.BarColumn(),
+            progress.MofNCompleteColumn() if total else progress.TextColumn("{task.completed}"),
+            progress.TextColumn("events  {task.fields[rate]} events/s"),
+            progress.TimeElapsedColumn(),
+            console=err_console(),
+        )
+        self._task = self._bar.add_task("sending", total=total, rate="-")
+        self._started = time.monotonic()
+
+    def __enter__(self) -> Progress:
+        if self._bar is not None:
+            self._bar.start()
+        return self
 
     def update(self, done: int) -> None:
-        now = time.monotonic()
-        if not self.enabled or (now - self.last_draw < 0.1 and done != self.total):
+        if self._bar is None:
             return
-        self.last_draw = now
-        rate = done / max(now - self.started, 1e-9)
-        if self.total:
-            filled = int(self.WIDTH * done / self.total)
-            bar = "#" * filled + "." * (self.WIDTH - filled)
-            sys.stderr.write(f"\r[{bar}] {done}/{self.total}  {rate:,.0f} events/s ")
-        else:
-            sys.stderr.write(f"\r{done} events  {rate:,.0f} events/s ")
-        sys.stderr.flush()
+        rate = done / max(time.monotonic() - self._started, 1e-9)
+        self._bar.update(self._task, completed=done, rate=f"{rate:,.0f}")
 
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
+    def __exit__(self, *_exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()

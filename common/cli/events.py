@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 
-from common.cli._common import CliError
+from common.cli._connect import redis_errors
 from config.settings import get_settings
 
 
@@ -45,24 +45,26 @@ def _tail(args: argparse.Namespace) -> int:
     settings = get_settings()
     client: Any = redis.Redis.from_url(settings.redis_url)
     try:
-        entries = client.xrevrange(settings.events_stream, count=args.count)
-    except redis.ConnectionError as exc:
-        raise CliError(f"cannot reach Redis: {exc}") from None
-    last_id = entries[0][0] if entries else b"$"
-    try:
-        for entry_id, fields in reversed(entries):
-            _show(decode_entry(entry_id, fields), args)
-        while args.follow:
-            batch = client.xread({settings.events_stream: last_id}, block=1000, count=100)
-            for _stream, items in batch or []:
-                for entry_id, fields in items:
-                    last_id = entry_id
-                    _show(decode_entry(entry_id, fields), args)
+        with redis_errors(settings):
+            _read(client, settings.events_stream, args)
     except KeyboardInterrupt:
         return 0
     finally:
         client.close()
     return 0
+
+
+def _read(client: Any, stream: str, args: argparse.Namespace) -> None:
+    entries = client.xrevrange(stream, count=args.count)
+    last_id = entries[0][0] if entries else b"$"
+    for entry_id, fields in reversed(entries):
+        _show(decode_entry(entry_id, fields), args)
+    while args.follow:
+        batch = client.xread({stream: last_id}, block=1000, count=100)
+        for _stream, items in batch or []:
+            for entry_id, fields in items:
+                last_id = entry_id
+                _show(decode_entry(entry_id, fields), args)
 
 
 def _show(event: dict[str, Any], args: argparse.Namespace) -> None:

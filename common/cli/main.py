@@ -3,27 +3,28 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from contextlib import suppress
+from types import ModuleType
 
-from common.cli._common import CliError
+from pydantic import ValidationError
+
+from common.cli._common import EXIT_REFUSED, EXIT_SETUP, CliError, SetupError
+from common.db.unavailable import DatabaseUnavailable
 from common.logging import configure_logging
-from config.settings import get_settings
+from config.settings import get_settings, settings_problem
 
-# Each module registers its own sub-commands; missing optional ones are skipped.
-COMMAND_MODULES = (
-    "common.cli.db",
-    "common.cli.accounts",
-    "common.cli.enqueue",
-    "common.cli.usage",
-    "common.cli.queues",
-    "common.cli.dlq",
-    "common.cli.audit",
-    "common.cli.events",
-    "common.cli.demo",
-)
+
+def command_modules() -> tuple[ModuleType, ...]:
+    """Each module registers its own sub-commands, in this order in `--help`."""
+    # Imported when called, not with this module: Ctrl-C during these slow imports is then
+    # caught by main() instead of printing a traceback.
+    from common.cli import accounts, audit, db, demo, dlq, enqueue, events, queues, usage
+
+    return (db, accounts, enqueue, usage, queues, dlq, audit, events, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,35 +32,50 @@ def build_parser() -> argparse.ArgumentParser:
         prog="contacto-billing", description="Contacto Billing: prepaid balances and auto-recharge."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
+    for module in command_modules():
         module.register(sub)
     return parser
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"contacto-billing: error: {message}", file=sys.stderr)
+    return code
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit raises nothing more."""
+    with suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
-    except KeyboardInterrupt:  # Ctrl-C while the command modules are still importing
+    except KeyboardInterrupt:
         return 130
     args = parser.parse_args(argv)
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        return _fail(settings_problem(exc), EXIT_SETUP)
     # Logs go to stderr (stdout is for results and --json); only warnings: a CLI is not a daemon.
-    configure_logging(get_settings().log_format, level=logging.WARNING)
+    configure_logging(settings.log_format, level=logging.WARNING)
     try:
         code = args.func(args)
     except CliError as exc:
-        print(f"contacto-billing: error: {exc}", file=sys.stderr)
-        return 1
+        return _fail(str(exc), EXIT_REFUSED)
+    except (SetupError, DatabaseUnavailable) as exc:
+        return _fail(str(exc), EXIT_SETUP)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`… | head`): not a connection problem, and nobody to tell.
+        _drop_stdout()
+        return 141  # what a shell reports for SIGPIPE
     except (ConnectionError, OSError) as exc:
-        print(f"contacto-billing: error: cannot connect: {exc}", file=sys.stderr)
-        return 2
+        # A connection lost mid-command (the connect step itself is told more precisely).
+        return _fail(f"cannot connect: {exc}", EXIT_SETUP)
     return int(code or 0)
 
 

@@ -1,7 +1,4 @@
-"""`contacto-billing queues [--json] [--watch [--interval S]]`: what the queues hold, who works.
-
-Also home of the helpers `dlq` shares: the Redis client for one command and table rendering.
-"""
+"""`contacto-billing queues [--json] [--watch [--interval S]]`: what the queues hold, who works."""
 
 from __future__ import annotations
 
@@ -9,19 +6,19 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis
+from rich.console import Group, RenderableType
+from rich.live import Live
+from rich.text import Text
 
 from common.broker.inspect import live_workers, queue_stats
-from common.cli._common import CliError, print_json
+from common.cli._common import print_json
+from common.cli._connect import REDIS_ERRORS, redis_client, unreachable
+from common.cli._render import console, render_table, show
 from config.settings import Settings, get_settings
-
-CLEAR_SCREEN = "\033[H\033[2J"
 
 
 def register(sub: Any) -> None:
@@ -44,33 +41,6 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _where(url: str) -> str:
-    """Where Redis is, without the password a URL may carry."""
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        return parts.path
-    return f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}"
-
-
-def unreachable(settings: Settings, exc: Exception) -> str:
-    text = str(exc).strip()
-    reason = text.splitlines()[0] if text else type(exc).__name__
-    return f"cannot reach Redis at {_where(settings.redis_url)}: {reason}"
-
-
-@contextmanager
-def redis_client(settings: Settings) -> Iterator[redis.Redis]:
-    """A client for one command; an unreachable Redis becomes a one-line CliError."""
-    # Short timeouts: an operator's command should fail fast rather than hang on a dead host.
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
-    try:
-        yield client
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise CliError(unreachable(settings, exc)) from None
-    finally:
-        client.close()
-
-
 def format_age(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -82,20 +52,6 @@ def format_age(seconds: float | None) -> str:
     if whole < 86400:
         return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
     return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
-
-
-def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
-    """Columns padded to their widest cell; the first `left` columns align left, the rest right."""
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        padded = [
-            c.ljust(w) if i < left else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "  ".join(padded).rstrip()
-
-    return "\n".join([line(headers), *(line(r) for r in rows)])
 
 
 def snapshot(client: redis.Redis, settings: Settings) -> dict[str, Any]:
@@ -126,7 +82,7 @@ def snapshot(client: redis.Redis, settings: Settings) -> dict[str, Any]:
     }
 
 
-def render(snap: dict[str, Any], heartbeat_timeout_ms: int) -> str:
+def render(snap: dict[str, Any], heartbeat_timeout_ms: int) -> RenderableType:
     workers = snap["workers"]
     clock = datetime.now().strftime("%H:%M:%S")
     head = f"namespace {snap['namespace']}  ·  {len(workers)} live worker(s)  ·  {clock}"
@@ -145,12 +101,15 @@ def render(snap: dict[str, Any], heartbeat_timeout_ms: int) -> str:
     queues = render_table(
         ["QUEUE", "READY", "DELAYED", "IN-FLIGHT", "ORPHANED", "DEAD", "OLDEST-READY"], queue_rows
     )
+    workers_part: RenderableType
     if workers:
         rows = [[w["id"], format_age(w["last_heartbeat_age_s"])] for w in workers]
-        workers_text = render_table(["WORKER", "LAST-BEAT"], rows)
+        workers_part = render_table(["WORKER", "LAST-BEAT"], rows)
     else:
-        workers_text = f"no live workers (none beat in the last {heartbeat_timeout_ms / 1000:g}s)"
-    return f"{head}\n\n{queues}\n\n{workers_text}\n"
+        workers_part = Text(
+            f"no live workers (none beat in the last {heartbeat_timeout_ms / 1000:g}s)"
+        )
+    return Group(Text(head), Text(""), queues, Text(""), workers_part)
 
 
 def _queues(args: argparse.Namespace) -> int:
@@ -161,28 +120,55 @@ def _queues(args: argparse.Namespace) -> int:
         if args.json:
             print_json(snap)
         else:
-            sys.stdout.write(render(snap, settings.broker_heartbeat_timeout_ms))
+            show(render(snap, settings.broker_heartbeat_timeout_ms))
         return 0
     try:
         with redis_client(settings) as client:
-            while True:
-                _refresh(client, settings, as_json=args.json)
-                time.sleep(args.interval)
+            if args.json or not sys.stdout.isatty():
+                _watch_lines(client, settings, args.interval, as_json=args.json)
+            else:
+                _watch_screen(client, settings, args.interval)
     except KeyboardInterrupt:
         return 0
+    return 0
 
 
-def _refresh(client: redis.Redis, settings: Settings, *, as_json: bool) -> None:
+def _frame(client: redis.Redis, settings: Settings) -> RenderableType:
     # While watching, a Redis outage is shown and retried, the way `top` keeps running.
     try:
         snap = snapshot(client, settings)
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        reason = unreachable(settings, exc)
-        print(json.dumps({"error": reason}) if as_json else CLEAR_SCREEN + reason, flush=True)
+    except REDIS_ERRORS as exc:
+        return Text(unreachable(settings, exc))
+    return render(snap, settings.broker_heartbeat_timeout_ms)
+
+
+def _watch_screen(client: redis.Redis, settings: Settings, interval_s: float) -> None:
+    """A terminal: one screen redrawn in place; the last one stays when Ctrl-C ends it. Unlike
+    `show`, lines too long for the terminal are cut at its edge, as `top` does: wrapped, they
+    would break the redrawing."""
+    with Live(console=console(), auto_refresh=False) as live:
+        while True:
+            live.update(_frame(client, settings), refresh=True)
+            time.sleep(interval_s)
+
+
+def _watch_lines(
+    client: redis.Redis, settings: Settings, interval_s: float, *, as_json: bool
+) -> None:
+    """Not a terminal: every refresh appended, as plain text or one JSON object per line."""
+    while True:
+        if as_json:
+            _print_json_frame(client, settings)
+        else:
+            show(_frame(client, settings), Text(""))
+        time.sleep(interval_s)
+
+
+def _print_json_frame(client: redis.Redis, settings: Settings) -> None:
+    try:
+        snap = snapshot(client, settings)
+    except REDIS_ERRORS as exc:
+        print(json.dumps({"error": unreachable(settings, exc)}), flush=True)
         return
-    if as_json:
-        # One compact object per line, so the stream can be piped into jq or a log.
-        print(json.dumps(snap), flush=True)
-    else:
-        sys.stdout.write(CLEAR_SCREEN + render(snap, settings.broker_heartbeat_timeout_ms))
-        sys.stdout.flush()
+    # One compact object per line, so the stream can be piped into jq or a log.
+    print(json.dumps(snap), flush=True)

@@ -11,9 +11,9 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from common.accounts.store import AccountError
-from common.cli._common import CliError, amount_arg, engine_for, print_json, run, to_jsonable
-from common.db.engine import raw_connection
-from common.gateway import CardRejected, GatewayError, build_gateway
+from common.cli._common import CliError, SetupError, amount_arg, print_json, run, to_jsonable
+from common.cli._connect import connection
+from common.gateway import CardRejected, GatewayConfigError, GatewayError, build_gateway
 from common.money import MoneyError
 from common.recharge.limits import LimitError
 from common.recharge.manual import FINAL_RUN_STATES, request_manual_recharge, run_summary
@@ -61,11 +61,13 @@ def register_under_accounts(acc: Any) -> None:
 
 
 async def _on_conn(fn: Any) -> Any:
-    async with engine_for() as engine, raw_connection(engine) as conn:
+    async with connection() as conn:
         try:
             return await fn(conn)
         except REFUSALS as exc:
             raise CliError(str(exc)) from None
+        except asyncpg.UndefinedTableError:
+            raise  # no schema: `connection()` tells the operator to migrate
         except asyncpg.PostgresError as exc:
             raise CliError(f"database refused: {exc}") from None
 
@@ -75,7 +77,11 @@ def _card(args: argparse.Namespace) -> int:
 
     async def go(conn: asyncpg.Connection[Any]) -> Any:
         redis = aioredis.Redis.from_url(settings.redis_url)
-        gw = build_gateway(settings, redis)
+        try:
+            gw = build_gateway(settings, redis)
+        except GatewayConfigError as exc:  # PAYMENT_GATEWAY=stripe without a key
+            await redis.aclose()
+            raise SetupError(str(exc)) from None
         try:
             return await attach_card(conn, gw, args.account, args.payment_method, settings)
         except GatewayError as exc:
@@ -182,7 +188,7 @@ def _recharge(args: argparse.Namespace) -> int:
 
 async def _wait(run_id: int, timeout_s: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
-    async with engine_for() as engine, raw_connection(engine) as conn:
+    async with connection() as conn:
         while True:
             summary = await run_summary(conn, run_id)
             if summary["state"] in FINAL_RUN_STATES or time.monotonic() > deadline:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from common.cli._common import print_json, run, to_jsonable, with_conn
+from common.cli._common import print_json, run, to_jsonable
+from common.cli._connect import with_conn
+from common.cli._render import render_table, show
 from common.usage.rejected import list_rejected
 
 
@@ -26,9 +28,14 @@ def _rejected(args: argparse.Namespace) -> int:
     if not rows:
         print("no rejected usage")
         return 0
-    for r in to_jsonable(rows):
-        print(
-            f"{r['rejected_at'][:19]}  {r['event_id'] or '-':<24} {r['account_id'] or '-':<16} "
-            f"{r['reason']}"
-        )
+    table = render_table(
+        ["REJECTED AT", "EVENT", "ACCOUNT", "REASON"],
+        [
+            [r["rejected_at"][:19], r["event_id"] or "-", r["account_id"] or "-", r["reason"]]
+            for r in to_jsonable(rows)
+        ],
+        left=4,
+        wrap=True,
+    )
+    show(table)
     return 0

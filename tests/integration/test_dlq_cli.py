@@ -288,6 +288,6 @@ def test_unreachable_redis_is_one_line(cli: Any, monkeypatch: pytest.MonkeyPatch
     get_settings.cache_clear()
     for argv in (["list"], ["show", "x"], ["requeue", "--all"], ["purge", "--yes"]):
         code, out, err = cli("dlq", *argv)
-        assert (code, out) == (1, "")
+        assert (code, out) == (2, "")  # cannot connect: not a refusal (1)
         assert err.startswith("contacto-billing: error: cannot reach Redis at 127.0.0.1:1: ")
         assert err.count("\n") == 1
