@@ -27,10 +27,11 @@ import redis
 import redis.asyncio as aioredis
 from sqlalchemy.engine import make_url
 
+from common import procfile
 from common.broker.factory import build_broker
 from common.db.migrate import upgrade
 from common.demo import scenarios
-from common.demo.procs import Honcho, expected_ready, procfile_processes
+from common.demo.procs import Honcho, expected_ready
 from common.demo.services import (
     DemoError,
     EmbeddedChoice,
@@ -167,7 +168,8 @@ class Demo:
         env_file.write_text("".join(f"{k}={v}\n" for k, v in demo_vars.items()))
         env = {k: v for k, v in os.environ.items() if not k.startswith("STRIPE_")}
         env.update(demo_vars)
-        # The Procfile runs `python -m …`: the venv's interpreter must come first on PATH.
+        # The Procfile's bin/python runs this interpreter; PATH too, for anything else.
+        env["CONTACTO_PYTHON"] = sys.executable
         env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
         env["PYTHONUNBUFFERED"] = "1"
         os.environ.update(env)
@@ -192,11 +194,10 @@ class Demo:
             client.close()
 
     def _start_processes(self, env: dict[str, str]) -> Honcho:
-        procfile = REPO / "Procfile"
-        processes = procfile_processes(procfile)
+        processes = procfile.read(procfile.PROCFILE)
         log = self.logs / "processes.log"
         started = time.monotonic()
-        honcho = Honcho(procfile, env, self.state / "demo.env", log)
+        honcho = Honcho(procfile.PROCFILE, env, self.state / "demo.env", log)
         self.stack.callback(self._stop_processes, honcho)
         honcho.wait_ready(expected_ready(processes), self.opts.ready_timeout_s)
         self.say(
