@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from common.cli._common import CliError
+from common.demo.envfile import stale_warning
 from common.logging import configure_logging
 from config.settings import get_settings
 
@@ -48,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C while the command modules are still importing
         return 130
     args = parser.parse_args(argv)
+    # Values from a sourced .contacto/demo.env outlive the demo that wrote them: say so.
+    if warning := stale_warning(os.environ):
+        print(f"contacto-billing: warning: {warning}", file=sys.stderr)
     # Logs go to stderr (stdout is for results and --json); only warnings: a CLI is not a daemon.
     configure_logging(get_settings().log_format, level=logging.WARNING)
     try:

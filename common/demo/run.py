@@ -30,7 +30,7 @@ from sqlalchemy.engine import make_url
 from common import procfile
 from common.broker.factory import build_broker
 from common.db.migrate import upgrade
-from common.demo import scenarios
+from common.demo import envfile, scenarios
 from common.demo.procs import Honcho, expected_ready
 from common.demo.services import (
     DemoError,
@@ -74,6 +74,7 @@ class Demo:
         self.logs = self.state / "logs"
         self.stack = ExitStack()
         self.embedded: list[str] = []
+        self.started = envfile.now()
 
     def say(self, text: str = "") -> None:
         print(text, file=self.out, flush=True)
@@ -88,6 +89,8 @@ class Demo:
         lock = StateLock(self.state)
         lock.acquire()
         self.stack.callback(lock.release)
+        # Last but the lock: once the servers are stopped, demo.env says it is stale.
+        self.stack.callback(envfile.mark_stale, self.state / "demo.env", os.getpid())
         configured = get_settings()
         database = demo_database_name(self.opts.database, configured.database_url)
         # Marks every process the demo starts (inherited): tests look for leftovers with it.
@@ -164,8 +167,7 @@ class Demo:
             "LOG_FORMAT": "json",
         }
         # Also for a second terminal: `set -a; . .contacto/demo.env; set +a`.
-        env_file = self.state / "demo.env"
-        env_file.write_text("".join(f"{k}={v}\n" for k, v in demo_vars.items()))
+        demo_vars = envfile.write(self.state / "demo.env", demo_vars, os.getpid(), self.started)
         env = {k: v for k, v in os.environ.items() if not k.startswith("STRIPE_")}
         env.update(demo_vars)
         # The Procfile's bin/python runs this interpreter; PATH too, for anything else.
