@@ -19,6 +19,7 @@ from bench.pipeline.facts import machine_facts
 from bench.pipeline.phases import plan
 from bench.pipeline.report import report, to_json
 from bench.pipeline.runner import cleanup, execute, setup
+from common import procfile
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
@@ -45,10 +46,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="messages for the no-op phases (default: --events)",
     )
     p.add_argument("--accounts", type=int, default=1000)
-    p.add_argument("--processes", type=int, default=2)
-    # The balance worker as deployed (Procfile: 64 threads); the references as dramatiq runs
-    # out of the box (8 threads, its default).
-    p.add_argument("--threads", type=int, default=64, help="threads of workers.balance phases")
+    # The balance worker as deployed: its Procfile line's processes and threads (2 x 64); the
+    # references as dramatiq runs out of the box (8 threads, its default).
+    deployed = procfile.read()["balance"]
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=int(deployed.option("--processes", "-p") or 1),
+        help="processes of every phase (default: the Procfile's balance worker's, %(default)s)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=int(deployed.option("--threads", "-t") or 8),
+        help="threads of workers.balance phases (default: the Procfile's, %(default)s)",
+    )
     p.add_argument(
         "--baseline-threads",
         type=int,

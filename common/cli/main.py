@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from common.cli._common import EXIT_REFUSED, EXIT_SETUP, CliError, SetupError
 from common.db.unavailable import DatabaseUnavailable
+from common.demo.envfile import stale_warning
 from common.logging import configure_logging
 from config.settings import get_settings, settings_problem
 
@@ -55,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     args = parser.parse_args(argv)
+    # Values from a sourced .contacto/demo.env outlive the demo that wrote them: say so.
+    if warning := stale_warning(os.environ):
+        print(f"contacto-billing: warning: {warning}", file=sys.stderr)
     try:
         settings = get_settings()
     except ValidationError as exc:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO
 
 from common.demo.services import DemoError
+from common.procfile import Entry
 
 READY_TEXT = "ready for action"
 RELAY_READY_TEXT = "relay.started"
@@ -24,28 +25,18 @@ _STARTED = re.compile(r"\bstarted \(pid=(?P<pid>\d+)\)")
 HONCHO_KILL_WAIT_S = 5
 
 
-def procfile_processes(procfile: Path) -> dict[str, str]:
-    processes: dict[str, str] = {}
-    for line in procfile.read_text().splitlines():
-        if line.strip().startswith("#") or ":" not in line:
-            continue
-        name, command = line.split(":", 1)
-        processes[name.strip()] = command.strip()
-    return processes
-
-
-def expected_ready(processes: dict[str, str]) -> dict[str, tuple[str, int]]:
+def expected_ready(processes: dict[str, Entry]) -> dict[str, tuple[str, int]]:
     """What each process logs when it can take work, and how many times.
 
     dramatiq logs "ready for action" once per worker process (`--processes N`); the relay
     logs `relay.started`. Anything else only has to be running.
     """
     expected: dict[str, tuple[str, int]] = {}
-    for name, command in processes.items():
-        if "dramatiq" in command.split():
-            match = re.search(r"(?:--processes|-p)[ =](\d+)", command)
-            expected[name] = (READY_TEXT, int(match.group(1)) if match else 1)
-        elif "workers.relay" in command:
+    for name, entry in processes.items():
+        program = entry.program()
+        if program == "dramatiq":
+            expected[name] = (READY_TEXT, int(entry.option("--processes", "-p") or 1))
+        elif program == "workers.relay":
             expected[name] = (RELAY_READY_TEXT, 1)
     return expected
 

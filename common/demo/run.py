@@ -27,10 +27,11 @@ import redis
 import redis.asyncio as aioredis
 from sqlalchemy.engine import make_url
 
+from common import procfile
 from common.broker.factory import build_broker
 from common.db.migrate import upgrade
-from common.demo import scenarios
-from common.demo.procs import Honcho, expected_ready, procfile_processes
+from common.demo import envfile, scenarios
+from common.demo.procs import Honcho, expected_ready
 from common.demo.services import (
     DemoError,
     EmbeddedChoice,
@@ -73,6 +74,7 @@ class Demo:
         self.logs = self.state / "logs"
         self.stack = ExitStack()
         self.embedded: list[str] = []
+        self.started = envfile.now()
 
     def say(self, text: str = "") -> None:
         print(text, file=self.out, flush=True)
@@ -87,6 +89,8 @@ class Demo:
         lock = StateLock(self.state)
         lock.acquire()
         self.stack.callback(lock.release)
+        # Last but the lock: once the servers are stopped, demo.env says it is stale.
+        self.stack.callback(envfile.mark_stale, self.state / "demo.env", os.getpid())
         configured = get_settings()
         database = demo_database_name(self.opts.database, configured.database_url)
         # Marks every process the demo starts (inherited): tests look for leftovers with it.
@@ -163,11 +167,11 @@ class Demo:
             "LOG_FORMAT": "json",
         }
         # Also for a second terminal: `set -a; . .contacto/demo.env; set +a`.
-        env_file = self.state / "demo.env"
-        env_file.write_text("".join(f"{k}={v}\n" for k, v in demo_vars.items()))
+        demo_vars = envfile.write(self.state / "demo.env", demo_vars, os.getpid(), self.started)
         env = {k: v for k, v in os.environ.items() if not k.startswith("STRIPE_")}
         env.update(demo_vars)
-        # The Procfile runs `python -m …`: the venv's interpreter must come first on PATH.
+        # The Procfile's bin/python runs this interpreter; PATH too, for anything else.
+        env["CONTACTO_PYTHON"] = sys.executable
         env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
         env["PYTHONUNBUFFERED"] = "1"
         os.environ.update(env)
@@ -192,11 +196,10 @@ class Demo:
             client.close()
 
     def _start_processes(self, env: dict[str, str]) -> Honcho:
-        procfile = REPO / "Procfile"
-        processes = procfile_processes(procfile)
+        processes = procfile.read(procfile.PROCFILE)
         log = self.logs / "processes.log"
         started = time.monotonic()
-        honcho = Honcho(procfile, env, self.state / "demo.env", log)
+        honcho = Honcho(procfile.PROCFILE, env, self.state / "demo.env", log)
         self.stack.callback(self._stop_processes, honcho)
         honcho.wait_ready(expected_ready(processes), self.opts.ready_timeout_s)
         self.say(
