@@ -16,6 +16,7 @@ Lock order everywhere: account row, then run row, then charge row.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -86,6 +87,7 @@ class PendingCharge:
     payment_method: str
     customer_id: str | None
     gateway_calls: int
+    created_at: datetime
 
     @property
     def resumed(self) -> bool:
@@ -101,6 +103,7 @@ class PendingCharge:
             customer_id=self.customer_id,
             payment_method=self.payment_method,
             description=f"Contacto recharge {self.run_id}/{self.seq}",
+            created_after=self.created_at,
         )
 
 
@@ -224,6 +227,7 @@ def _pending(row: asyncpg.Record, account: asyncpg.Record) -> PendingCharge:
         payment_method=row["payment_method"],
         customer_id=account["gateway_customer_id"],
         gateway_calls=row["gateway_calls"],
+        created_at=row["created_at"],
     )
 
 
@@ -291,6 +295,19 @@ async def record_outcome(
         return ChargeRecorded.SUCCEEDED
 
 
+async def _call(gateway: PaymentGateway, charge: PendingCharge) -> ChargeResult:
+    """Charge; but first, for a charge an earlier delivery may have sent, look for what that
+    call did. Replaying the key is not enough: the gateway forgets keys (Stripe after 24 h), and
+    a forgotten key replayed is a second charge."""
+    request = charge.request()
+    if charge.resumed:
+        found = await gateway.find_charge(request)
+        if found is not None:
+            log.info("charge.found", idempotency_key=charge.idempotency_key)
+            return found
+    return await gateway.charge(request)
+
+
 async def run_to_completion(
     engine: AsyncEngine,
     gateway: PaymentGateway,
@@ -315,7 +332,7 @@ async def run_to_completion(
         )
         crash_point("charge.before_gateway")
         try:
-            result = await gateway.charge(step.request())
+            result = await _call(gateway, step)
         except TransientGatewayError as exc:
             charge_log.warning("charge.transient_error", error=str(exc))
             metrics().gateway_errors.labels("transient").inc()

@@ -1,10 +1,13 @@
 """Recharge limits: the minimum, the maximum (per account when support raised it), the
-currency's minor unit. One function, used by settings, manual recharges and the charge step."""
+currency's minor unit, and what the payment gateway can charge (Stripe's precision per currency
+and its minimum charge: common/gateway/currencies.py; the simulated gateway follows Stripe).
+One function, used by settings, manual recharges and the charge step."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 
+from common.gateway.currencies import charge_refusal
 from common.money import MoneyError, check_fits_minor_unit, format_amount
 
 
@@ -40,6 +43,9 @@ def recharge_refusal(
         check_fits_minor_unit(amount, currency)
     except MoneyError as exc:
         return str(exc)
+    refusal = charge_refusal(amount, currency)
+    if refusal is not None:
+        return f"the payment gateway cannot charge this: {refusal}"
     return None
 
 

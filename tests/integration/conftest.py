@@ -10,6 +10,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from common.broker.factory import build_broker
 from config.settings import Settings
+from tests.support.stripe_double import double, localstripe  # noqa: F401  (fixtures)
 
 
 @pytest.fixture

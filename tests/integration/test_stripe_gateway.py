@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -37,28 +37,14 @@ from common.gateway import (
 from common.gateway.stripe_gateway import StripeGateway
 from tests.support.localstripe import (
     Localstripe,
-    LocalstripeUnavailable,
-    available,
     free_port,
-    run_localstripe,
 )
-from tests.support.stripe_double import DETACHED_AT_CONFIRM, StripeDouble, run_stripe_double
+from tests.support.stripe_double import DETACHED_AT_CONFIRM, StripeDouble
 
 # stripe 16's HTTPXClient passes the encoded body as `data=`, which httpx 0.28 deprecates.
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
 web = pytest.importorskip("aiohttp.web", reason="aiohttp (a localstripe dependency) is missing")
-
-
-@pytest.fixture(scope="module")
-def localstripe() -> Iterator[Localstripe]:
-    if not available():
-        pytest.skip("localstripe is not installed")
-    try:
-        with run_localstripe() as server:
-            yield server
-    except LocalstripeUnavailable as exc:
-        pytest.skip(str(exc))
 
 
 @pytest.fixture
@@ -76,12 +62,6 @@ async def sdk(localstripe: Localstripe) -> AsyncIterator[stripe.StripeClient]:
         localstripe.api_key, http_client=http, base_addresses={"api": localstripe.api_base}
     )
     await http.close_async()  # type: ignore[no-untyped-call]
-
-
-@pytest.fixture(scope="module")
-async def double(localstripe: Localstripe) -> AsyncIterator[StripeDouble]:
-    async with run_stripe_double(localstripe.api_base) as server:
-        yield server
 
 
 @pytest.fixture

@@ -52,10 +52,12 @@ async def create_account(
         """
         INSERT INTO accounts (id, currency, auto_recharge_enabled, balance_amount,
                               recharge_amount, status, suspended_at, suspended_reason, retry_tier,
-                              last_failure_at, payment_method)
+                              last_failure_at, payment_method, gateway_customer_id)
         VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $6 = 'suspended' THEN now() END,
                 CASE WHEN $6 = 'suspended' THEN $9 END, $7::smallint,
-                CASE WHEN $7::smallint > 0 THEN now() END, $8)
+                CASE WHEN $7::smallint > 0 THEN now() END, $8,
+                -- as the simulated gateway's attach_card would have made it
+                CASE WHEN $8::text IS NOT NULL THEN 'cus_sim_' || $1 END)
         """,
         account_id,
         currency,

@@ -35,12 +35,20 @@ import contextlib
 import hashlib
 import json
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 from urllib.parse import parse_qsl
 
+import pytest
 from aiohttp import ClientSession, ClientTimeout, web
+
+from tests.support.localstripe import (
+    Localstripe,
+    LocalstripeUnavailable,
+    available,
+    run_localstripe,
+)
 
 Fault = Literal["lost_response", "drop_request", "server_error", "rate_limit"]
 FAULTS: Final = ("lost_response", "drop_request", "server_error", "rate_limit")
@@ -447,3 +455,21 @@ async def run_stripe_double(upstream_api_base: str) -> AsyncIterator[StripeDoubl
     finally:
         await runner.cleanup()
         sock.close()
+
+
+# Fixtures for any test module that talks to Stripe's stand-in: import them by name.
+@pytest.fixture(scope="module")
+def localstripe() -> Iterator[Localstripe]:
+    if not available():
+        pytest.skip("localstripe is not installed")
+    try:
+        with run_localstripe() as server:
+            yield server
+    except LocalstripeUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+async def double(localstripe: Localstripe) -> AsyncIterator[StripeDouble]:
+    async with run_stripe_double(localstripe.api_base) as server:
+        yield server

@@ -17,7 +17,7 @@ from common.gateway.simulated import SimulatedGateway, delete_state, inject_faul
 from common.recharge.charging import next_step, record_outcome, run_to_completion
 from common.recharge.config import ChargeLimits, PolicyConfig
 from common.recharge.ladder import record_failure
-from common.recharge.settings import set_auto_recharge
+from common.recharge.settings import attach_card, set_auto_recharge
 from config.settings import Settings
 from tests.support.factories import balance_and_ledger, create_account, new_id
 from tests.support.pipeline import (
@@ -83,7 +83,7 @@ async def test_timeouts_and_a_lost_response_replay_the_same_key_and_charge_once(
     )
     run_id = await conn.fetchval("SELECT id FROM recharge_runs WHERE account_id = $1", acct)
     await inject_faults(
-        sim._redis, sim.prefix_for_tests, "timeout", "rate_limit", "lost_response", "server_error"
+        sim._redis, sim.prefix_for_tests, "timeout", "rate_limit", "server_error", "lost_response"
     )
     for _ in range(4):  # each transient error is raised for dramatiq to retry the message
         with pytest.raises(TransientGatewayError):
@@ -225,3 +225,51 @@ async def test_a_run_whose_amount_the_limits_now_refuse_ends_as_a_failed_attempt
     await record_failure(conn, run_id, NO_WAIT)
     assert (await account_row(conn, acct))["retry_tier"] == 1
     assert await conn.fetchval("SELECT state FROM recharge_runs WHERE id = $1", run_id) == "failed"
+
+
+async def test_a_resumed_charge_whose_key_the_gateway_forgot_is_found_not_repeated(
+    engine: Any, conn: Any, sim: Any
+) -> None:
+    """Regression (simulated gateway): lost response, key forgotten, redelivery: one charge."""
+    acct = new_id()
+    await create_account(
+        conn, acct, balance="100", threshold="100", recharge="20", payment_method="pm_card_visa"
+    )
+    run_id = (await debit(engine, acct, "1")).runs_started[acct]
+    await inject_faults(sim._redis, sim.prefix_for_tests, "lost_response")
+    with pytest.raises(TransientGatewayError):
+        await run_to_completion(engine, sim, run_id, LIMITS)
+    [pending] = await charges(conn, acct)
+    await sim.forget_key(pending["idempotency_key"])
+    assert await run_to_completion(engine, sim, run_id, LIMITS) == "succeeded"
+    assert await sim.charges_made(pending["idempotency_key"]) == 1
+    assert (await balance_and_ledger(conn, acct))[0] == 119
+    await assert_books_balance(conn, sim, acct)
+
+
+async def test_a_detached_card_is_a_failed_attempt_and_the_next_attempt_uses_the_new_card(
+    engine: Any, conn: Any, sim: Any
+) -> None:
+    """Regression: a payment method detached at the gateway was our misconfiguration (dead
+    letter, run pending forever), and a new card did not help: the pending charge kept the
+    old one. Now: no_payment_method, a failed attempt; the new card's attempt succeeds."""
+    acct = new_id()
+    await create_account(conn, acct, balance="100", threshold="100", recharge="20")
+    card = await attach_card(conn, sim, acct, "pm_card_visa", TEST_SETTINGS)
+    await sim.detach_card(customer_id=card.customer_id, payment_method="pm_card_visa")
+    run_id = (await debit(engine, acct, "1")).runs_started[acct]
+    assert await run_to_completion(engine, sim, run_id, LIMITS) == "failing"
+    await record_failure(conn, run_id, NO_WAIT)
+    [failed] = await charges(conn, acct)
+    assert (failed["status"], failed["failure_code"]) == ("failed", "no_payment_method")
+    assert (await account_row(conn, acct))["retry_tier"] == 1
+    renewed = await attach_card(conn, sim, acct, "pm_card_mastercard", TEST_SETTINGS)
+    assert renewed.attempt_run_id is not None
+    assert await run_to_completion(engine, sim, renewed.attempt_run_id, LIMITS) == "succeeded"
+    rows = await charges(conn, acct)
+    assert [(c["payment_method"], c["status"]) for c in rows] == [
+        ("pm_card_visa", "failed"),
+        ("pm_card_mastercard", "succeeded"),
+    ]
+    row = await account_row(conn, acct)
+    assert (row["retry_tier"], row["balance"]) == (0, 119)

@@ -65,3 +65,32 @@ async def test_lowering_an_accounts_maximum_below_its_recharge_amount_is_refused
         await set_max_recharge(conn, acct, None, TEST_SETTINGS)  # back to the global 500
     row = await conn.fetchrow("SELECT max_recharge_amount FROM accounts WHERE id = $1", acct)
     assert row["max_recharge_amount"] == 1000
+
+
+@pytest.mark.parametrize(
+    ("currency", "recharge", "why"),
+    [
+        ("JPY", "25", "below Stripe's minimum charge of 50 JPY"),
+        ("KWD", "25.125", "Stripe needs its amount (25125) to be a multiple of 10"),
+        ("MGA", "25.50", "does not fit Stripe's minor unit for MGA"),
+        ("ISK", "25.5", "does not fit the currency's minor unit"),
+    ],
+)
+async def test_a_recharge_amount_the_gateway_cannot_charge_is_refused_with_the_reason(
+    conn: Any, currency: str, recharge: str, why: str
+) -> None:
+    """Regression: R was checked against ISO 4217 only; Stripe refuses 25 JPY (its minimum is
+    50), a three-decimal amount not ending in 0, a fraction of an ariary."""
+    acct = new_id()
+    await create_account(conn, acct, currency=currency, payment_method="pm_card_visa")
+    with pytest.raises(LimitError, match=re.escape(why)):
+        await set_auto_recharge(
+            conn,
+            acct,
+            TEST_SETTINGS,
+            balance_amount=Decimal(100),
+            recharge_amount=Decimal(recharge),
+        )
+    await set_auto_recharge(
+        conn, acct, TEST_SETTINGS, balance_amount=Decimal(100), recharge_amount=Decimal(60)
+    )
