@@ -1,5 +1,5 @@
-"""Every tier: the environment of the session, and its scratch directory (created on first
-use, removed at the end).
+"""Every tier: the environment of the session, and its scratch directory (created here,
+removed at the end: worker logs, demo state, tmp_path, embedded servers all live in it).
 
 Nothing here connects to anything, so `pytest tests/unit` needs no service. The integration
 and e2e tiers add PostgreSQL and Redis with the plugin tests/support/services.py, which may
@@ -16,7 +16,9 @@ import os
 import pytest
 
 from common.demo.services import with_database
-from tests.support.session import NAMESPACE_PREFIX, TEST_DB, remove_scratch_dir
+from tests.support.session import NAMESPACE_PREFIX, TEST_DB, remove_scratch_dir, scratch_dir
+
+SCRATCH = scratch_dir()
 
 os.environ.update(
     {
@@ -28,10 +30,25 @@ os.environ.update(
         "CONTACTO_EVENTS_STREAM": f"{NAMESPACE_PREFIX}:events",
         "LOG_FORMAT": "json",
         "PAYMENT_GATEWAY": "simulated",
+        # The Procfile's Prometheus directories (the demo tests run it), under the scratch dir.
+        "CONTACTO_PROM_DIR": str(SCRATCH / "prom"),
     }
 )
 os.environ.pop("STRIPE_API_KEY", None)
 os.environ.pop("STRIPE_API_BASE", None)
+# pgserver keeps a lock file in the user's runtime directory, /tmp/runtime-<uid> when there is
+# none. platformdirs accepts XDG_RUNTIME_DIR only with mode 0700: created so, before pgserver
+# (in this process or a demo's) creates it with 0755 and the next process falls back to /tmp.
+if not os.environ.get("XDG_RUNTIME_DIR"):
+    (SCRATCH / "runtime").mkdir(mode=0o700)
+    os.environ["XDG_RUNTIME_DIR"] = str(SCRATCH / "runtime")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    # tmp_path and friends under the scratch directory too, unless --basetemp says otherwise.
+    if config.option.basetemp is None:
+        config.option.basetemp = str(SCRATCH / "pytest")
 
 
 @pytest.hookimpl(trylast=True)

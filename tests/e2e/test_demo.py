@@ -23,6 +23,7 @@ import redis
 
 from tests.support.procs import REPO
 from tests.support.services import Services
+from tests.support.session import scratch_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
@@ -121,10 +122,12 @@ def demo_database(services: Services) -> Iterator[str]:
 
 @pytest.fixture
 def state_dir() -> Iterator[Path]:
-    # Short and outside pytest's tree: PostgreSQL's unix socket lives here (108-byte limit).
-    path = Path(tempfile.mkdtemp(prefix="cdemo-")).resolve()
+    # Short (PostgreSQL's unix socket lives here: 107 bytes at most), so not in pytest's tree;
+    # in the session's scratch directory. start_demo writes the output next to it.
+    path = Path(tempfile.mkdtemp(prefix="cdemo-", dir=scratch_dir()))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+    path.with_name(f"{path.name}-output.txt").unlink(missing_ok=True)
 
 
 def test_the_demo_plays_both_scenarios_on_the_machines_services(
