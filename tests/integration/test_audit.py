@@ -27,7 +27,7 @@ async def fresh(
     """A migrated database holding one healthy account, and a connection to it."""
     name = f"contacto_audit_{uuid.uuid4().hex[:10]}"
     url = services.database_url(name)
-    settings = Settings(DATABASE_URL=url)  # type: ignore[call-arg]
+    settings = Settings(DATABASE_URL=url)
     await asyncio.to_thread(upgrade, settings)
     engine = create_engine(settings, pool_size=2)
     acct = new_id()

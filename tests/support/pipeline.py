@@ -13,7 +13,7 @@ from common.recharge.config import ChargeLimits, PolicyConfig
 from common.recharge.ladder import record_failure
 from config.settings import Settings
 
-TEST_SETTINGS = Settings(  # type: ignore[call-arg]
+TEST_SETTINGS = Settings(
     MIN_RECHARGE_AMOUNT="20", MAX_RECHARGE_AMOUNT="500", RETRY_MIN_INTERVAL_SECONDS=0
 )
 LIMITS = ChargeLimits.from_settings(TEST_SETTINGS)
