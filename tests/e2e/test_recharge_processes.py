@@ -119,7 +119,7 @@ async def test_faq_example_and_the_ladder_through_every_process(
         recharge="20",
         payment_method="pm_card_chargeDeclined",
     )
-    broker = build_broker(Settings(CONTACTO_BROKER_NAMESPACE=namespace))  # type: ignore[call-arg]
+    broker = build_broker(Settings(CONTACTO_BROKER_NAMESPACE=namespace))
     with processes(env, "relay", "balance", "charge", "retry"):
         broker.enqueue(usage_message(event(faq, "90")))
         await until(
@@ -181,7 +181,7 @@ async def test_sigkill_at_each_step_of_a_charge_ends_with_one_charge_and_one_cre
         CONTACTO_CRASH_AT=crash_at,
         CONTACTO_CRASH_MARKER=str(tmp_path / "crash"),
     )
-    broker = build_broker(Settings(CONTACTO_BROKER_NAMESPACE=namespace))  # type: ignore[call-arg]
+    broker = build_broker(Settings(CONTACTO_BROKER_NAMESPACE=namespace))
     with processes(env, "relay", "balance"):
         broker.enqueue(usage_message(event(acct, "90")))
         charge = dramatiq_worker("workers.charge", "charges", env, threads=4)
@@ -227,7 +227,7 @@ async def test_gateway_timeouts_and_lost_responses_never_charge_twice(
     )
     await client.aclose()
     env = stack_env(namespace, sim_prefix)
-    broker = build_broker(Settings(CONTACTO_BROKER_NAMESPACE=namespace))  # type: ignore[call-arg]
+    broker = build_broker(Settings(CONTACTO_BROKER_NAMESPACE=namespace))
     with processes(env, "relay", "balance", "charge"):
         broker.enqueue(usage_message(event(acct, "90")))
         await until(
@@ -267,7 +267,7 @@ async def test_the_stripe_gateway_end_to_end_against_localstripe(
             ).returncode
             == 0
         )
-        broker = build_broker(Settings(CONTACTO_BROKER_NAMESPACE=namespace))  # type: ignore[call-arg]
+        broker = build_broker(Settings(CONTACTO_BROKER_NAMESPACE=namespace))
         with processes(env, "relay", "balance", "charge", "retry") as procs:
             broker.enqueue(usage_message(event(good, "90")))
             broker.enqueue(usage_message(event(bad, "90")))

@@ -1,4 +1,5 @@
-"""Fixtures shared by the Redis-facing integration tests (each file defines `qsettings`)."""
+"""The integration tier: real PostgreSQL and Redis (see tests/support/services.py), and the
+fixtures shared by the Redis-facing tests (each file defines `qsettings`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,15 @@ from dramatiq.brokers.redis import RedisBroker
 from common.broker.factory import build_broker
 from config.settings import Settings
 from tests.support.stripe_double import double, localstripe  # noqa: F401  (fixtures)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.import_plugin("tests.support.services")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _services_ready(database: str, redis_cleanup: None) -> None:
+    """The session's database migrated (dropped at the end), its Redis keys removed at the end."""
 
 
 @pytest.fixture

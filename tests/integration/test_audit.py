@@ -16,16 +16,18 @@ from common.db.engine import create_engine, raw_connection
 from common.db.migrate import upgrade
 from common.usage.service import apply_submissions
 from config.settings import Settings, get_settings
-from tests.conftest import PG_ADMIN_URL
 from tests.support.factories import POLICY, create_account, event, new_id, submission
+from tests.support.services import Services
 
 
 @pytest.fixture
-async def fresh(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Any, Any, str]]:
+async def fresh(
+    monkeypatch: pytest.MonkeyPatch, services: Services
+) -> AsyncIterator[tuple[Any, Any, str]]:
     """A migrated database holding one healthy account, and a connection to it."""
     name = f"contacto_audit_{uuid.uuid4().hex[:10]}"
-    url = f"{PG_ADMIN_URL}/{name}"
-    settings = Settings(DATABASE_URL=url)  # type: ignore[call-arg]
+    url = services.database_url(name)
+    settings = Settings(DATABASE_URL=url)
     await asyncio.to_thread(upgrade, settings)
     engine = create_engine(settings, pool_size=2)
     acct = new_id()
@@ -47,7 +49,7 @@ async def fresh(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Any, Any
     finally:
         get_settings.cache_clear()
         await engine.dispose()
-        admin = await asyncpg.connect(f"{PG_ADMIN_URL}/postgres")
+        admin = await asyncpg.connect(services.pg_admin_url)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
 

@@ -42,7 +42,9 @@ from common.credentials.logins import (
     login,
 )
 from common.logging import configure_logging
-from tests.conftest import PG_ADMIN_URL, TEST_DB, new_account_id
+from tests.support.factories import new_id
+from tests.support.services import Services
+from tests.support.session import TEST_DB
 
 Conn: TypeAlias = "asyncpg.Connection[Any]"
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
@@ -55,7 +57,7 @@ def at(minutes: float = 0, hours: float = 0) -> datetime:
 
 @pytest.fixture
 async def account(conn: Conn) -> str:
-    account_id = new_account_id()
+    account_id = new_id()
     await conn.execute("INSERT INTO accounts (id, currency) VALUES ($1, 'USD')", account_id)
     return account_id
 
@@ -238,10 +240,12 @@ async def test_failures_outside_the_window_or_after_success_do_not_add_up(
     await login(conn, account, NEW, now=at(minutes=26))
 
 
-async def test_concurrent_wrong_attempts_cannot_exceed_the_limit(conn: Conn, account: str) -> None:
+async def test_concurrent_wrong_attempts_cannot_exceed_the_limit(
+    conn: Conn, account: str, services: Services
+) -> None:
     await issue_temporary(conn, account, now=T0)
     attempts = 12
-    conns = [await asyncpg.connect(f"{PG_ADMIN_URL}/{TEST_DB}") for _ in range(attempts)]
+    conns = [await asyncpg.connect(services.database_url(TEST_DB)) for _ in range(attempts)]
     try:
         results = await asyncio.gather(
             *(login(c, account, f"guess-{i}-abcdefgh", now=at(1)) for i, c in enumerate(conns)),

@@ -22,7 +22,9 @@ def queue(namespace: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
     def messages() -> list[dict[str, Any]]:
         ids = client.lrange(f"{namespace}:usage", 0, -1)
-        return [json.loads(client.hget(f"{namespace}:usage.msgs", i)) for i in ids]
+        stored = [client.hget(f"{namespace}:usage.msgs", i) for i in ids]
+        assert None not in stored, "a message id without its message"
+        return [json.loads(raw) for raw in stored if raw is not None]
 
     yield messages
     for key in client.scan_iter(f"{namespace}*"):

@@ -68,7 +68,7 @@ def test_same_redis_state_as_dramatiq_own_ack(test_settings: Settings, acked: in
     states = []
     for cls, suffix in ((RedisBroker, "stock"), (GroupedAckRedisBroker, "grouped")):
         namespace = f"{test_settings.broker_namespace}-{suffix}"
-        settings = Settings(CONTACTO_BROKER_NAMESPACE=namespace)  # type: ignore[call-arg]
+        settings = Settings(CONTACTO_BROKER_NAMESPACE=namespace)
         broker = build_broker(settings, broker_class=cls)
         consumer, messages = _fetch(broker, 5)
         for message in messages[:acked]:
@@ -92,9 +92,9 @@ def test_acks_from_many_threads_are_grouped_and_none_is_lost(
     calls: list[int] = []
     send = broker.ack_many
 
-    def counting(queue_name: str, ids: list[str]) -> int:
-        calls.append(len(ids))
-        return send(queue_name, ids)
+    def counting(queue_name: str, redis_message_ids: list[str]) -> int:
+        calls.append(len(redis_message_ids))
+        return send(queue_name, redis_message_ids)
 
     broker.ack_many = counting  # type: ignore[method-assign]
     start = threading.Barrier(16)
@@ -124,10 +124,10 @@ def test_an_ack_while_another_is_in_flight_returns_at_once(
     entered, release = threading.Event(), threading.Event()
     send = broker.ack_many
 
-    def slow(queue_name: str, ids: list[str]) -> int:
+    def slow(queue_name: str, redis_message_ids: list[str]) -> int:
         entered.set()
         assert release.wait(5)
-        return send(queue_name, ids)
+        return send(queue_name, redis_message_ids)
 
     broker.ack_many = slow  # type: ignore[method-assign]
     flusher = threading.Thread(target=consumer.ack, args=(first,))
@@ -147,10 +147,10 @@ def test_a_failed_send_keeps_the_acks_for_the_retry(
     send = broker.ack_many
     failures = [redis.ConnectionError("redis went away")]
 
-    def flaky(queue_name: str, ids: list[str]) -> int:
+    def flaky(queue_name: str, redis_message_ids: list[str]) -> int:
         if failures:
             raise failures.pop()
-        return send(queue_name, ids)
+        return send(queue_name, redis_message_ids)
 
     broker.ack_many = flaky  # type: ignore[method-assign]
     with pytest.raises(ConnectionClosed):  # dramatiq retries post_process_message on this

@@ -53,7 +53,7 @@ def test_secret_fields_and_values_are_scrubbed(log_lines: io.StringIO) -> None:
 
 
 def test_settings_never_print_the_stripe_key() -> None:
-    settings = Settings(STRIPE_API_KEY=API_KEY)  # type: ignore[call-arg]
+    settings = Settings(STRIPE_API_KEY=API_KEY)
     assert API_KEY not in repr(settings) and API_KEY not in str(settings.model_dump())
 
 

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import asyncpg
 
-from tests.conftest import PG_ADMIN_URL
+from common.demo.services import admin_url, with_database
+
+
+def _admin_url() -> str:
+    # The services plugin points CONTACTO_TEST_PG at the server in use (maybe an embedded one).
+    return admin_url(os.environ.get("CONTACTO_TEST_PG", "postgresql://postgres@127.0.0.1:5432"))
 
 
 async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(f"{PG_ADMIN_URL}/postgres")
+    conn = await asyncpg.connect(_admin_url())
     try:
         await conn.execute(sql)
     finally:
@@ -28,6 +34,6 @@ def fresh_database(*, create: bool = True) -> Iterator[tuple[str, str]]:
     if create:
         asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
     try:
-        yield name, f"{PG_ADMIN_URL}/{name}"
+        yield name, with_database(_admin_url(), name)
     finally:
         asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 
+from common.gateway import ChargeRequest
 from common.recharge.config import PolicyConfig
 from common.usage.decode import Submission, decode_batch
 
@@ -96,4 +97,19 @@ async def balance_and_ledger(
 
 
 def new_id(prefix: str = "acct") -> str:
+    """A fresh account (or other) id: `<prefix>-<12 hex>`."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def charge_request(
+    payment_method: str = "pm_card_visa", *, key: str | None = None, amount: str = "25.00"
+) -> ChargeRequest:
+    """A gateway charge request; a fresh idempotency key unless `key` is given."""
+    return ChargeRequest(
+        idempotency_key=key or f"recharge-{uuid.uuid4().hex}-1",
+        account_id="acct-1",
+        amount=Decimal(amount),
+        currency="USD",
+        customer_id="cus_sim_acct-1",
+        payment_method=payment_method,
+    )

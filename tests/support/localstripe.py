@@ -1,8 +1,9 @@
 """Run localstripe (a Stripe-compatible fake) on a free loopback port for a test's lifetime.
 
-localstripe always pickles its whole store to the fixed path /tmp/localstripe.pickle after
-every write and reloads it at start unless `--from-scratch` is given, so every instance started
-here passes `--from-scratch`: two instances may share that file, neither ever reads it back.
+localstripe pickles its whole store to the fixed path /tmp/localstripe.pickle after every write
+and reloads it at start unless `--from-scratch` is given. Instances started here pass
+`--from-scratch` and run with that dump switched off (LAUNCH): they never read the file, and
+leave nothing in /tmp.
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ from pathlib import Path
 
 # localstripe accepts any bearer key that starts with `sk_` and is longer than 5 characters.
 TEST_API_KEY = "sk_test_contacto_localstripe"
+
+# `python -m localstripe`, minus the pickle written to /tmp after every request.
+LAUNCH = (
+    "import localstripe.resources, localstripe.server; "
+    "localstripe.resources.Store.dump_to_disk = lambda self: None; "
+    "localstripe.server.start()"
+)
 
 
 class LocalstripeUnavailable(RuntimeError):
@@ -90,7 +98,7 @@ def run_localstripe(*, startup_timeout_s: float = 20.0, attempts: int = 3) -> It
             api_base = f"http://127.0.0.1:{port}"
             with log_path.open("ab") as log:
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "localstripe", "--port", str(port), "--from-scratch"],
+                    [sys.executable, "-c", LAUNCH, "--port", str(port), "--from-scratch"],
                     cwd=workdir,
                     stdout=log,
                     stderr=subprocess.STDOUT,

@@ -16,7 +16,7 @@ from common.usage.service import apply_submissions
 from config.settings import Settings
 from tests.support.factories import balance_and_ledger, event, submission
 
-TEST_SETTINGS = Settings(  # type: ignore[call-arg]
+TEST_SETTINGS = Settings(
     MIN_RECHARGE_AMOUNT="20", MAX_RECHARGE_AMOUNT="500", RETRY_MIN_INTERVAL_SECONDS=0
 )
 LIMITS = ChargeLimits.from_settings(TEST_SETTINGS)

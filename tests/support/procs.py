@@ -1,4 +1,8 @@
-"""Real worker processes for the tests: started, watched, killed."""
+"""Real worker processes for the tests: started, watched, killed.
+
+Each process logs to a file in the session's scratch directory (removed when the session ends);
+a test that fails waiting for a process shows the end of that log in its assertion message.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +16,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from tests.support.session import scratch_dir
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 class Proc:
     def __init__(self, argv: list[str], env: dict[str, str], name: str) -> None:
         self.name = name
-        self.log = Path(tempfile.mkstemp(prefix=f"contacto-{name}-", suffix=".log")[1])
-        self._log_handle = self.log.open("wb")
+        logs = scratch_dir() / "logs"
+        logs.mkdir(exist_ok=True)
+        fd, path = tempfile.mkstemp(prefix=f"{name}-", suffix=".log", dir=logs)
+        self.log = Path(path)
+        self._log_handle = os.fdopen(fd, "wb")
         self.popen = subprocess.Popen(
             argv,
             env=env,

@@ -12,7 +12,7 @@ from config.settings import Settings
 
 
 def test_factory_sets_explicit_retries_and_asyncio() -> None:
-    settings = Settings(CONTACTO_RETRIES_MAX=7, CONTACTO_RETRIES_MIN_BACKOFF_MS=250)  # type: ignore[call-arg]
+    settings = Settings(CONTACTO_RETRIES_MAX=7, CONTACTO_RETRIES_MIN_BACKOFF_MS=250)
     broker = build_broker(settings, client=fakeredis.FakeRedis())
     retries = next(m for m in broker.middleware if isinstance(m, Retries))
     assert (retries.max_retries, retries.min_backoff) == (7, 250)
@@ -22,7 +22,7 @@ def test_factory_sets_explicit_retries_and_asyncio() -> None:
 
 def test_usage_messages_are_the_contract_shape() -> None:
     broker = build_broker(
-        Settings(CONTACTO_BROKER_NAMESPACE="unit"),  # type: ignore[call-arg]
+        Settings(CONTACTO_BROKER_NAMESPACE="unit"),
         client=fakeredis.FakeRedis(),
     )
     event = {
@@ -36,6 +36,7 @@ def test_usage_messages_are_the_contract_shape() -> None:
     broker.enqueue(usage_batch_message([event]))
     consumer = broker.consume(QUEUE_USAGE, prefetch=2, timeout=100)
     first, second = next(consumer), next(consumer)
+    assert first is not None and second is not None
     assert first.actor_name == ACTOR_RECORD_USAGE and first.kwargs == event and first.args == ()
     assert second.kwargs == {"events": [event]}
     assert broker.client.llen("unit:usage") == 0  # both fetched
@@ -43,10 +44,10 @@ def test_usage_messages_are_the_contract_shape() -> None:
 
 def test_dead_letters_are_kept_thirty_days_unless_configured() -> None:
     """dramatiq's own default (7 days) would delete a dead-lettered debit before anyone looked."""
-    default = build_broker(Settings(), client=fakeredis.FakeRedis())  # type: ignore[call-arg]
+    default = build_broker(Settings(), client=fakeredis.FakeRedis())
     assert default.dead_message_ttl == 30 * 86_400_000
     shorter = build_broker(
-        Settings(CONTACTO_DEAD_MESSAGE_TTL_DAYS="2.5"),  # type: ignore[call-arg]
+        Settings(CONTACTO_DEAD_MESSAGE_TTL_DAYS="2.5"),
         client=fakeredis.FakeRedis(),
     )
     assert shorter.dead_message_ttl == 216_000_000

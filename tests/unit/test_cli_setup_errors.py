@@ -97,7 +97,7 @@ def test_settings_problem_names_every_variable_and_echoes_no_url() -> None:
             DATABASE_URL="mysql://billing:hunter2@db/contacto",
             PAYMENT_GATEWAY="paypal",
             REDIS_URL=7,
-        )  # type: ignore[call-arg]
+        )
     text = settings_problem(exc.value)
     assert text == (
         "DATABASE_URL must be a postgresql:// URL; "

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from common.recharge.policy import (
     MAX_TIER,
     AccountSnapshot,
+    AccountStatus,
     ArmTier,
     ChargeAgain,
     Hold,
@@ -57,7 +58,7 @@ def snap(
     *,
     since_failure: timedelta | None = None,
     enabled: bool = True,
-    status: str = "active",
+    status: AccountStatus = "active",
     in_flight: bool = False,
 ) -> AccountSnapshot:
     last = None if tier == 0 else NOW - (since_failure if since_failure is not None else INTERVAL)
@@ -68,7 +69,7 @@ def snap(
         t,
         Decimal(20),
         tier,
-        last,  # type: ignore[arg-type]
+        last,
         in_flight,
     )
 

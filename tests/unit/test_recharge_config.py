@@ -9,6 +9,4 @@ from config.settings import Settings
 
 
 async def test_limits_object_from_settings() -> None:
-    assert ChargeLimits.from_settings(Settings()) == ChargeLimits(  # type: ignore[call-arg]
-        Decimal(25), Decimal(10000)
-    )
+    assert ChargeLimits.from_settings(Settings()) == ChargeLimits(Decimal(25), Decimal(10000))

@@ -33,11 +33,11 @@ async def test_without_auto_recharge_the_debit_that_reaches_zero_suspends(
     await debit(engine, acct, "9.99")
     assert await status_of(conn, acct) == ("active", None, Decimal("0.01"))
     await debit(engine, acct, "0.01")  # exactly 0: no credit left
-    assert await status_of(conn, acct) == ("suspended", "no_auto_recharge", 0)
+    assert await status_of(conn, acct) == ("suspended", "no_auto_recharge", Decimal(0))
     await debit(engine, acct, "5")  # still recorded: the call already happened
-    assert await status_of(conn, acct) == ("suspended", "no_auto_recharge", -5)
+    assert await status_of(conn, acct) == ("suspended", "no_auto_recharge", Decimal(-5))
     await credit_account(conn, acct, Decimal(5), "goodwill")
-    assert await status_of(conn, acct) == ("suspended", "no_auto_recharge", 0)
+    assert await status_of(conn, acct) == ("suspended", "no_auto_recharge", Decimal(0))
     await credit_account(conn, acct, Decimal("0.01"), "goodwill")
     assert await status_of(conn, acct) == ("active", None, Decimal("0.01"))
     assert [t for t, _ in await events(conn, acct)] == ["account.suspended", "account.reactivated"]
@@ -56,13 +56,13 @@ async def test_switching_auto_recharge_off_at_zero_suspends_and_on_again_revives
         payment_method="pm_card_visa",
     )  # fmt: skip
     await set_auto_recharge(conn, acct, TEST_SETTINGS, balance_amount=None, recharge_amount=None)
-    assert await status_of(conn, acct) == ("suspended", "no_auto_recharge", -5)
+    assert await status_of(conn, acct) == ("suspended", "no_auto_recharge", Decimal(-5))
     run_id = await set_auto_recharge(
         conn, acct, TEST_SETTINGS, balance_amount=Decimal(100), recharge_amount=Decimal(25)
     )
     # The ladder is armed again (tier 2, its interval long past): the account is back, and the
     # armed attempt starts at once.
-    assert await status_of(conn, acct) == ("active", None, -5)
+    assert await status_of(conn, acct) == ("active", None, Decimal(-5))
     assert run_id is not None
     row = await account_row(conn, acct)
     assert (row["retry_tier"], row["auto_run_id"]) == (2, run_id)
@@ -80,7 +80,7 @@ async def test_a_ladder_suspension_is_not_lifted_by_switching_auto_recharge_on(
         conn, acct, TEST_SETTINGS, balance_amount=Decimal(100), recharge_amount=Decimal(30)
     )
     assert run_id is None
-    assert await status_of(conn, acct) == ("suspended", "ladder", -5)
+    assert await status_of(conn, acct) == ("suspended", "ladder", Decimal(-5))
 
 
 async def test_with_auto_recharge_on_a_balance_below_zero_waits_for_the_ladder(
@@ -90,4 +90,4 @@ async def test_with_auto_recharge_on_a_balance_below_zero_waits_for_the_ladder(
     await create_account(conn, acct, balance="10", threshold="100", recharge="25")
     outcome = await debit(engine, acct, "50")
     assert list(outcome.runs_started) == [acct]
-    assert await status_of(conn, acct) == ("active", None, -40)
+    assert await status_of(conn, acct) == ("active", None, Decimal(-40))

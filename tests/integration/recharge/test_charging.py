@@ -14,7 +14,12 @@ import redis.asyncio as aioredis
 
 from common.gateway import GatewayConfigError, TransientGatewayError
 from common.gateway.simulated import SimulatedGateway, delete_state, inject_faults
-from common.recharge.charging import next_step, record_outcome, run_to_completion
+from common.recharge.charging import (
+    PendingCharge,
+    next_step,
+    record_outcome,
+    run_to_completion,
+)
 from common.recharge.config import ChargeLimits, PolicyConfig
 from common.recharge.ladder import record_failure
 from common.recharge.settings import attach_card, set_auto_recharge
@@ -62,7 +67,8 @@ async def test_debits_arriving_during_a_run_are_taken_into_account(
     )
     run_id = (await debit(engine, acct, "90")).runs_started[acct]
     step = await next_step(conn, run_id, LIMITS)
-    await record_outcome(conn, step, await sim.charge(step.request()))  # type: ignore[union-attr]
+    assert isinstance(step, PendingCharge)
+    await record_outcome(conn, step, await sim.charge(step.request()))
     later = await debit(engine, acct, "30")  # 10 + 20 - 30 = 0, while the run is in flight
     assert later.runs_started == {}
     await settle(engine, sim, acct)

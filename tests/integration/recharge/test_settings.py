@@ -42,7 +42,7 @@ async def test_limits_are_enforced_with_clear_reasons(conn: Any) -> None:
         await request_manual_recharge(conn, acct, Decimal(5), s)
     with pytest.raises(LimitError, match=re.escape("above the maximum of 1000.00")):
         await request_manual_recharge(conn, acct, Decimal(1500), s)
-    default_min = Settings()  # type: ignore[call-arg]
+    default_min = Settings()
     assert default_min.min_recharge_amount == 25
     with pytest.raises(LimitError, match=re.escape("below the minimum of 25.00")):
         await request_manual_recharge(conn, acct, Decimal(20), default_min)
