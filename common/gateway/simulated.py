@@ -57,6 +57,7 @@ FAULTS: Final = frozenset(
         "server_error",  # TransientGatewayError (500)
         "config_error",  # GatewayConfigError, like a revoked API key
         "decline",  # this charge is declined (card_declined) whatever the payment method
+        "none",  # this call behaves normally: lets a script fault the second call, not the first
     }
 )
 
@@ -200,6 +201,8 @@ class SimulatedGateway:
         fault = await self._redis.lpop(self._key("faults"))
         fault_name = _text(fault) if fault is not None else None
         _transient_fault(fault_name)
+        if fault_name == "none":
+            fault_name = None
         if fault_name not in (None, "lost_response", "decline"):
             raise GatewayConfigError(f"unknown simulated fault {fault_name!r}")
 

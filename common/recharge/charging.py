@@ -160,13 +160,15 @@ def _decide(
         return RunDone() if succeeded >= 1 else ChargeAgain(run["recharge_amount"])
     if not account["auto_recharge_enabled"]:
         return RunDone()  # switched off while the run was in flight: stop charging
+    # The settings in force, not those the run started with: T raised meanwhile must be
+    # reached now, or the run ends below it and an idle account waits for the next debit.
     return next_run_step(
         balance=account["balance"],
-        target=run["target_amount"],
-        recharge_amount=run["recharge_amount"],
+        target=account["balance_amount"],
+        recharge_amount=account["recharge_amount"],
         charges_made=succeeded,
         max_charges=run["max_charges"],
-        mode=run["mode"],
+        mode=account["recharge_mode"],
         max_amount=effective_max(limits.global_max, account["max_recharge_amount"]),
     )
 
@@ -204,7 +206,7 @@ async def _finish(
                 "account_id": account["id"],
                 "run_id": run["id"],
                 "balance": account["balance"],
-                "balance_amount": run["target_amount"],
+                "balance_amount": account["balance_amount"],
                 "charges": charges_made,
             },
         )

@@ -274,6 +274,16 @@ async def test_decline_fault_and_fault_order(
     assert isinstance(await gw.charge(charge_request()), ChargeSucceeded)
 
 
+async def test_a_none_fault_lets_one_call_through_so_the_next_one_can_fail(
+    gw: SimulatedGateway, redis_client: aioredis.Redis, prefix: str
+) -> None:
+    await inject_faults(redis_client, prefix, "none", "decline")
+    assert isinstance(await gw.charge(charge_request()), ChargeSucceeded)
+    declined = await gw.charge(charge_request())
+    assert isinstance(declined, ChargeFailed) and declined.code == "card_declined"
+    assert not await redis_client.exists(f"{prefix}:faults")
+
+
 async def test_inject_unknown_fault_is_refused(redis_client: aioredis.Redis, prefix: str) -> None:
     with pytest.raises(ValueError, match="unknown simulated faults"):
         await inject_faults(redis_client, prefix, "timeout", "meteor")

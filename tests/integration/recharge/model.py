@@ -96,6 +96,7 @@ class Model:
     faults: list[str] = field(default_factory=list)  # the simulated gateway's queue, mirrored
     gateway: dict[str, Outcome] = field(default_factory=dict)  # key -> what the gateway did
     gateway_codes: dict[str, str | None] = field(default_factory=dict)
+    detached: set[str] = field(default_factory=set)  # cards detached at the gateway
 
     # --- what is in flight -------------------------------------------------------------------
 
@@ -166,6 +167,7 @@ class Model:
     def attach_card(self, card: str) -> bool:
         """A new card on a failing or suspended account fires the armed tier at once."""
         self.card = card
+        self.detached.discard(card)
         failing = self.tier > 0 or self.status == "suspended"
         return failing and self.auto_on and self.in_flight("auto") is None
 
@@ -229,8 +231,10 @@ class Model:
         elif not self.auto_on:
             done = True
         else:
-            assert run.target is not None
-            done = self.balance >= run.target
+            # The settings in force at each step (README): T and R as they are now.
+            assert self.t is not None and self.r is not None
+            run.amount = self.r
+            done = self.balance >= self.t
             if not done and run.ok >= self.run_max_charges:
                 run.state = "capped"
                 return Finished("capped")
@@ -254,12 +258,24 @@ class Model:
         return None
 
     def _gateway_call(self, charge: Charge) -> Outcome | Raised:
+        if charge.calls > 1 and charge.key in self.gateway:
+            # Resumed: what the earlier call did is looked up first (the key may be forgotten);
+            # the lookup is not a charge call, so no fault of the charge queue is used up.
+            charge.executed = self.gateway[charge.key]
+            charge.executed_code = self.gateway_codes[charge.key]
+            return charge.executed
         fault = self.faults.pop(0) if self.faults else None
+        if fault == "none":  # a placeholder: this call behaves normally
+            fault = None
         if fault in TRANSIENT_FAULTS:
             return Raised("transient")
         if fault == "config_error":
             return Raised("config")
         done = self.gateway.get(charge.key)
+        if done is None and charge.payment_method in self.detached:
+            # Refused before anything happens (Stripe's 400): nothing recorded, the key free.
+            charge.executed, charge.executed_code = "failed", "no_payment_method"
+            return Raised("transient") if fault == "lost_response" else "failed"
         if done is None:
             assert charge.payment_method is not None
             if fault == "decline":

@@ -279,3 +279,21 @@ async def test_a_detached_card_is_a_failed_attempt_and_the_next_attempt_uses_the
     ]
     row = await account_row(conn, acct)
     assert (row["retry_tier"], row["balance"]) == (0, 119)
+
+
+async def test_a_run_charges_to_the_balance_amount_in_force_not_the_one_it_started_with(
+    engine: Any, conn: Any, sim: Any
+) -> None:
+    """Found by the model-based test: T raised from 60 to 100 while a run was in flight; the run
+    stopped at 60 and the account, idle, stayed below T with nothing to bring it up."""
+    acct = new_id()
+    await create_account(
+        conn, acct, balance="60", threshold="60", recharge="20", payment_method="pm_card_visa"
+    )
+    run_id = (await debit(engine, acct, "20")).runs_started[acct]  # 40 < 60
+    await set_auto_recharge(
+        conn, acct, TEST_SETTINGS, balance_amount=Decimal(100), recharge_amount=Decimal(25)
+    )
+    assert await run_to_completion(engine, sim, run_id, LIMITS) == "succeeded"
+    assert [c["amount"] for c in await charges(conn, acct)] == [Decimal(25)] * 3
+    assert (await balance_and_ledger(conn, acct))[0] == 115

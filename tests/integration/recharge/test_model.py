@@ -36,12 +36,15 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
+    initialize,
     invariant,
+    precondition,
     rule,
     run_state_machine_as_test,
 )
 
 import common.recharge.charging as charging
+import common.recharge.store as recharge_store
 from common.accounts.store import AccountError
 from common.accounts.support import create_account, credit_account
 from common.audit import run_audit
@@ -113,6 +116,8 @@ class Machine(RuleBasedStateMachine):
         self.events: list[dict[str, Any]] = []
         self.last_auto_capped = False
         self.crash_at: CrashPoint | None = None
+        self.debit_on_finish: str | None = None
+        self.waiting_debit: asyncio.Future[Any] | None = None
         self.run(self._open())
 
     # --- plumbing ------------------------------------------------------------------------------
@@ -211,6 +216,32 @@ class Machine(RuleBasedStateMachine):
 
     # --- requests ------------------------------------------------------------------------------
 
+    @initialize(
+        opening=st.sampled_from(["100", "30", "5"]),
+        card=st.sampled_from([None, "pm_card_visa", "pm_card_visa", "pm_card_chargeDeclined"]),
+        auto=st.sampled_from([None, ("60", "20"), ("100", "20"), ("100", "25"), ("100", "40")]),
+        failures=st.sampled_from([0, 0, 1, 2, 4]),
+    )
+    def an_account_as_customers_have_them(
+        self, opening: str, card: str | None, auto: tuple[str, str] | None, failures: int
+    ) -> None:
+        """Start from an account in one of the shapes customers give it: a card or none,
+        auto-recharge on (with T and R) or off, a balance above or below T, and maybe some
+        failed attempts behind it (a tier armed, its interval passed)."""
+        if opening != "100":
+            self.debit(str(Decimal(100) - Decimal(opening)))
+        if auto is not None:
+            self.auto_recharge_on(*auto)
+            for _ in range(failures):
+                if self.model.status == "suspended":
+                    break
+                self.change_card("pm_card_chargeDeclined")
+                self.debit("1")
+                self.drain(advance_clock=False)
+                self.time_passes_the_retry_interval()
+        if card is not None:
+            self.change_card(card)
+
     @rule(amount=st.sampled_from(["1", "7", "19", "33", "60", "120", "260"]))
     def debit(self, amount: str) -> None:
         before = self.known_runs()
@@ -220,11 +251,10 @@ class Machine(RuleBasedStateMachine):
         self.expect_runs(before, auto=self.model.debit(Decimal(amount)))
         self.collect()
 
+    @precondition(lambda self: bool(self.events))
     @rule(pick=st.integers(min_value=0))
     def redeliver_a_debit(self, pick: int) -> None:
         """A usage message delivered again (the worker died before its ack): no effect."""
-        if not self.events:
-            return
         ev = self.events[pick % len(self.events)]
         [outcome] = self.run(apply_submissions(self.engine, self.policy, [submission(ev)]))
         assert (outcome.applied, outcome.duplicates) == (0, 1)
@@ -322,12 +352,41 @@ class Machine(RuleBasedStateMachine):
 
     @rule(
         fault=st.sampled_from(
-            ["decline", "timeout", "lost_response", "server_error", "config_error"]
+            [
+                "none",
+                "decline",
+                "decline",
+                "timeout",
+                "lost_response",
+                "server_error",
+                "config_error",
+            ]
         )
     )
     def the_next_gateway_call_goes_wrong(self, fault: str) -> None:
         self.run(inject_faults(self.redis, self.prefix, fault))
         self.model.faults.append(fault)
+
+    @rule()
+    def the_gateway_takes_one_charge_then_declines_the_next(self) -> None:
+        """The card works for one charge of a run and is declined for the next one."""
+        self.the_next_gateway_call_goes_wrong("none")
+        self.the_next_gateway_call_goes_wrong("decline")
+
+    @rule()
+    def the_gateway_forgets_its_keys(self) -> None:
+        """More than 24 hours pass at Stripe: every idempotency key is pruned."""
+        for charge in self.model.charges:
+            self.run(self.sim.forget_key(charge.key))
+
+    @precondition(lambda self: self.model.card is not None)
+    @rule()
+    def the_card_is_detached_at_the_gateway(self) -> None:
+        """The customer removed the card at Stripe; the account still names it."""
+        card = self.model.card
+        assert card is not None
+        self.run(self.sim.detach_card(customer_id=f"cus_sim_{self.account}", payment_method=card))
+        self.model.detached.add(card)
 
     @rule()
     def time_passes_the_retry_interval(self) -> None:
@@ -354,6 +413,7 @@ class Machine(RuleBasedStateMachine):
 
     # --- deliveries ----------------------------------------------------------------------------
 
+    @precondition(lambda self: any(m.due for m in self.mailbox))
     @rule(
         pick=st.integers(min_value=0),
         crash=st.sampled_from([None, None, None, *CRASH_POINTS]),
@@ -361,13 +421,63 @@ class Machine(RuleBasedStateMachine):
     )
     def deliver(self, pick: int, crash: CrashPoint | None, duplicate: bool) -> None:
         due = [m for m in self.mailbox if m.due]
-        if not due:
-            return
         message = due[pick % len(due)]
         if self.deliver_one(message, crash) and not duplicate:
             self.mailbox.remove(message)
         self.collect()
 
+    @precondition(
+        lambda self: any(
+            m.due and m.actor in ("run_recharge", "record_failure") for m in self.mailbox
+        )
+    )
+    @rule(pick=st.integers(min_value=0), amount=st.sampled_from(["7", "40", "120"]))
+    def a_debit_waits_on_the_lock_of_a_run_finishing(self, pick: int, amount: str) -> None:
+        """A debit that blocks on the account lock while the transaction finishing a run holds
+        it, and goes on when that commits: it must see the run finished (defect 6)."""
+        due = [m for m in self.mailbox if m.due and m.actor in ("run_recharge", "record_failure")]
+        message = due[pick % len(due)]
+        before = self.known_runs()
+        self.debit_on_finish = amount
+        if self.deliver_one(message, None):
+            self.mailbox.remove(message)
+        self.debit_on_finish = None
+        if self.waiting_debit is None:  # no run finished in that delivery: an ordinary debit
+            self.debit(amount)
+            return
+        self.run(self._the_waiting_debit())
+        self.expect_runs(before, auto=self.model.debit(Decimal(amount)))
+        self.collect()
+
+    async def _the_waiting_debit(self) -> None:
+        assert self.waiting_debit is not None
+        [outcome] = await self.waiting_debit
+        self.waiting_debit = None
+        assert outcome.applied == 1
+
+    async def finish_run_with_a_debit_waiting(
+        self, finish: Any, conn: Any, run: Any, state: str, error: str | None = None
+    ) -> None:
+        await finish(conn, run, state, error)
+        if self.debit_on_finish is None:
+            return
+        ev = event(self.account, self.debit_on_finish)
+        self.debit_on_finish = None
+        self.events.append(ev)
+        self.waiting_debit = asyncio.ensure_future(
+            apply_submissions(self.engine, self.policy, [submission(ev)])
+        )
+        async with raw_connection(self.engine) as probe:
+            for _ in range(500):
+                if await probe.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database()"
+                ):
+                    return
+                await asyncio.sleep(0.005)
+        raise AssertionError("the debit never waited on the account lock")
+
+    @precondition(lambda self: bool(self.dead))
     @rule()
     def an_operator_requeues_the_dead_letters(self) -> None:
         """`dlq requeue` after the misconfiguration was fixed."""
@@ -438,8 +548,9 @@ class Machine(RuleBasedStateMachine):
         async with raw_connection(self.engine) as conn:
             return await recheck_tier(conn, self.account, self.policy)
 
-    def drain(self) -> None:
-        """Deliver everything, with the gateway well again, until nothing is left to do."""
+    def drain(self, *, advance_clock: bool = True) -> None:
+        """Deliver everything, with the gateway well again, until nothing is left to do (or,
+        without `advance_clock`, nothing due now)."""
         self.model.faults.clear()
         self.run(self._forget_faults())
         self.mailbox.extend(self.dead)
@@ -449,6 +560,8 @@ class Machine(RuleBasedStateMachine):
             if not self.mailbox:
                 return
             if not any(m.due for m in self.mailbox):
+                if not advance_clock:
+                    return
                 self.time_passes_the_retry_interval()
             message = next(m for m in self.mailbox if m.due)
             if self.deliver_one(message, None):
@@ -529,7 +642,7 @@ def _crash_point(name: str) -> None:
 def machine_runner(settings: Settings) -> Iterator[asyncio.Runner]:
     with asyncio.Runner() as runner:
         Machine.runner = runner
-        Machine.engine = create_engine(settings, pool_size=2)
+        Machine.engine = create_engine(settings, pool_size=3)
         Machine.redis = aioredis.Redis.from_url(settings.redis_url)
         try:
             yield runner
@@ -542,6 +655,16 @@ def test_the_recharge_engine_follows_its_model(
     machine_runner: asyncio.Runner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(charging, "crash_point", _crash_point)
+    finish = recharge_store.finish_run
+
+    async def finish_run(conn: Any, run: Any, state: str, error: str | None = None) -> None:
+        machine = Machine.current
+        if machine is None:
+            await finish(conn, run, state, error)
+        else:
+            await machine.finish_run_with_a_debit_waiting(finish, conn, run, state, error)
+
+    monkeypatch.setattr(recharge_store, "finish_run", finish_run)
 
     def factory() -> Machine:
         machine = Machine()
