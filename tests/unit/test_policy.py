@@ -300,3 +300,67 @@ def test_the_ladder_suspends_for_its_own_reason() -> None:
     assert after_failed_attempt(tier=4, balance=Decimal(0), balance_amount=Decimal(100)) == (
         Suspend("ladder")
     )
+
+
+@pytest.mark.parametrize("tier", [-1, 5])
+def test_a_tier_outside_0_to_4_is_refused_with_its_reason(tier: int) -> None:
+    with pytest.raises(ValueError) as caught:
+        armed_level(Decimal(100), tier)
+    assert str(caught.value) == f"tier must be 0..4, got {tier}"
+
+
+def test_reactivation_needs_a_balance_strictly_above_zero() -> None:
+    assert should_reactivate("suspended", Decimal(0)) is False
+    assert should_reactivate("suspended", Decimal("-0.01")) is False
+    assert should_reactivate("suspended", Decimal("0.01")) is True
+    assert should_reactivate("active", Decimal("0.01")) is False
+
+
+@pytest.mark.parametrize(
+    ("max_amount", "charged"),
+    [
+        # The maximum below 2R: one R, never 2R above the maximum.
+        (Decimal(20), Decimal(20)),
+        (Decimal(30), Decimal(20)),
+        (Decimal("39.99"), Decimal(20)),
+        # At 2R exactly, and just above: the largest multiple within it.
+        (Decimal(40), Decimal(40)),
+        (Decimal("59.99"), Decimal(40)),
+        (Decimal(60), Decimal(60)),
+        # Above what is needed (T - balance = 100: five R): five R, not the maximum.
+        (Decimal(10000), Decimal(100)),
+    ],
+)
+def test_single_mode_charges_the_largest_multiple_within_the_maximum(
+    max_amount: Decimal, charged: Decimal
+) -> None:
+    step = next_run_step(
+        balance=Decimal(0),
+        target=Decimal(100),
+        recharge_amount=Decimal(20),
+        charges_made=0,
+        max_charges=10,
+        mode="single",
+        max_amount=max_amount,
+    )
+    assert step == ChargeAgain(charged)
+
+
+def test_single_mode_never_exceeds_the_maximum_even_at_decimal_precision() -> None:
+    """`max // R` is exact; `max / R` rounds to 28 digits and could round up past the maximum."""
+    r = Decimal(2)
+    k = 10**27 + 1  # 28 digits: max / R = k + 0.5 rounds (half even) to k + 1
+    max_amount = Decimal(2 * k + 1)
+    amount = single_charge_amount(Decimal(0), max_amount + 1000, r, max_amount)
+    assert amount == Decimal(2 * k)
+
+
+@given(money, positive, positive, positive)
+def test_single_mode_stays_within_any_maximum_of_at_least_r(
+    balance: Decimal, t: Decimal, r: Decimal, extra: Decimal
+) -> None:
+    assume(balance < t)
+    max_amount = r + extra
+    amount = single_charge_amount(balance, t, r, max_amount)
+    assert amount % r == 0 and r <= amount <= max_amount
+    assert balance + amount >= t or amount + r > max_amount
