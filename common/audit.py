@@ -5,12 +5,16 @@ Each check is one SQL query returning the offending rows; none means the invaria
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import redis
 
 from common.accounts.ledger import charge_reference_sql
+from common.broker.inspect import dead_letters
 from common.recharge.policy import MAX_TIER
 from config.settings import Settings, get_settings
 
@@ -216,6 +220,37 @@ CHECKS: tuple[Check, ...] = (
         """,
     ),
 )
+
+
+def dead_letters_check(
+    client: redis.Redis, settings: Settings, limit: int = 100, *, now_ms: int | None = None
+) -> CheckResult:
+    """From Redis, not the database: dead letters older than CONTACTO_DEAD_LETTER_WARN_AFTER_S.
+    Each is work not done (a usage message is a debit not made; a run_recharge, a run left
+    pending) and dramatiq deletes it after CONTACTO_DEAD_MESSAGE_TTL_DAYS: fix the cause and
+    `dlq requeue` it, or `dlq purge` it knowingly."""
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    warn_after_ms = settings.dead_letter_warn_after_s * 1000
+    old = [
+        d
+        for d in dead_letters(client, settings.broker_namespace)
+        if now - d.died_at_ms > warn_after_ms
+    ]
+    return CheckResult(
+        "dead_letters_handled",
+        f"no dead letter older than {settings.dead_letter_warn_after_s:g} s: each is work not "
+        f"done, deleted after {settings.dead_message_ttl_days:g} days (`dlq list`)",
+        [
+            {
+                "queue": d.queue,
+                "message_id": d.message_id,
+                "actor": d.actor,
+                "died_at": datetime.fromtimestamp(d.died_at_ms / 1000, UTC),
+                "age_s": round((now - d.died_at_ms) / 1000),
+            }
+            for d in old[:limit]
+        ],
+    )
 
 
 async def run_audit(

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     # dramatiq deletes dead letters older than this (its own default is 7 days): a dead-lettered
     # usage message is a debit not yet made, so the default leaves a month to notice and requeue.
     dead_message_ttl_days: float = Field(30.0, validation_alias="CONTACTO_DEAD_MESSAGE_TTL_DAYS")
+    # `queues` and `audit` warn about dead letters older than this: each is work not done.
+    dead_letter_warn_after_s: float = Field(
+        86_400.0, validation_alias="CONTACTO_DEAD_LETTER_WARN_AFTER_S"
+    )
     # `audit` reports a run pending or failing with no progress for longer than this.
     stuck_run_after_s: float = Field(3600.0, validation_alias="CONTACTO_STUCK_RUN_AFTER_S")
     retries_max: int = Field(20, validation_alias="CONTACTO_RETRIES_MAX")

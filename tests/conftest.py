@@ -14,11 +14,20 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import settings
 
 from common.demo.services import with_database
 from tests.support.session import NAMESPACE_PREFIX, TEST_DB, remove_scratch_dir, scratch_dir
 
 SCRATCH = scratch_dir()
+
+# Hypothesis profiles (`--hypothesis-profile=NAME`). `ci`, the default: a fixed set of
+# examples (derandomized: the same ones every run, so a red CI is reproducible and never
+# flaky). `long`: twenty times more, freshly random, for a nightly-sized search, e.g.
+#   .venv/bin/python -m pytest tests/integration/recharge/test_model.py --hypothesis-profile=long
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("long", max_examples=2000, print_blob=True)
+settings.load_profile("ci")
 
 os.environ.update(
     {

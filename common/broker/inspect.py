@@ -58,6 +58,8 @@ class QueueStats:
     # Part of in_flight held by workers whose heartbeat expired: dramatiq's maintenance puts
     # these back on the ready list, but until then nothing will process them.
     orphaned: int = 0
+    # Since the oldest dead letter died: dramatiq deletes it after dead_message_ttl.
+    oldest_dead_age_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -203,8 +205,12 @@ def queue_stats(
             *(key for key, _ in layout.acks.get(queue, [])),
         ]
         script(keys=keys, client=pipe)
+    replies = pipe.execute()
+    for queue in order:  # the oldest death of each dead-letter set (scored by time of death)
+        pipe.zrange(names.dead_letter_key(namespace, queue), 0, 0, withscores=True)
+    oldest_deaths = pipe.execute()
     stats = []
-    for queue, reply in zip(order, pipe.execute(), strict=True):
+    for queue, reply, oldest in zip(order, replies, oldest_deaths, strict=True):
         ready, delayed, dead, head, *held = reply
         owners = [worker for _, worker in layout.acks.get(queue, [])]
         stats.append(
@@ -218,6 +224,7 @@ def queue_stats(
                 # waiting; message_timestamp is its first enqueue, so retries add to its age.
                 oldest_ready_age_s=_message_age_s(head, now) if int(ready) else None,
                 orphaned=sum(int(n) for n, w in zip(held, owners, strict=True) if w not in live),
+                oldest_dead_age_s=max(0.0, (now - oldest[0][1]) / 1000) if oldest else None,
             )
         )
     return stats

@@ -8,10 +8,11 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from common.audit import CheckResult, run_audit
-from common.cli._common import print_json, run, to_jsonable
-from common.cli._connect import with_conn
+from common.audit import CheckResult, dead_letters_check, run_audit
+from common.cli._common import SetupError, print_json, run, to_jsonable
+from common.cli._connect import redis_client, with_conn
 from common.cli._render import render_table, show
+from config.settings import get_settings
 
 DONE = "audit: all invariants hold"
 BROKEN = "audit: invariants broken (see FAIL above)"
@@ -25,7 +26,15 @@ def register(sub: Any) -> None:
 
 
 def _audit(args: argparse.Namespace) -> int:
+    settings = get_settings()
     results = run(with_conn(lambda c: run_audit(c, args.limit)))
+    try:
+        with redis_client(settings) as client:
+            results.append(dead_letters_check(client, settings, args.limit))
+    except SetupError as exc:  # Redis down: the audit says so, as a check that could not pass
+        results.append(
+            CheckResult("dead_letters_handled", "dead letters (Redis)", [{"error": str(exc)}])
+        )
     ok = all(r.ok for r in results)
     if args.json:
         print_json(

@@ -73,9 +73,14 @@ def snapshot(client: redis.Redis, settings: Settings) -> dict[str, Any]:
                 "oldest_ready_age_s": (
                     None if s.oldest_ready_age_s is None else round(s.oldest_ready_age_s, 3)
                 ),
+                "oldest_dead_age_s": (
+                    None if s.oldest_dead_age_s is None else round(s.oldest_dead_age_s, 3)
+                ),
             }
             for s in stats
         ],
+        "dead_letter_warn_after_s": settings.dead_letter_warn_after_s,
+        "dead_message_ttl_days": settings.dead_message_ttl_days,
         "workers": [
             {"id": w.id, "last_heartbeat_age_s": round(w.last_heartbeat_age_s, 3)} for w in workers
         ],
@@ -109,7 +114,24 @@ def render(snap: dict[str, Any], heartbeat_timeout_ms: int) -> RenderableType:
         workers_part = Text(
             f"no live workers (none beat in the last {heartbeat_timeout_ms / 1000:g}s)"
         )
-    return Group(Text(head), Text(""), queues, Text(""), workers_part)
+    parts: list[RenderableType] = [Text(head), Text(""), queues]
+    for warning in stale_dead_letters(snap):
+        parts.append(Text(warning, style="bold yellow"))
+    return Group(*parts, Text(""), workers_part)
+
+
+def stale_dead_letters(snap: dict[str, Any]) -> list[str]:
+    """A warning per queue whose oldest dead letter is older than the warning age: a usage
+    message there is a debit not made, a run_recharge a recharge not made, and dramatiq deletes
+    them after CONTACTO_DEAD_MESSAGE_TTL_DAYS."""
+    warn_after_s = snap["dead_letter_warn_after_s"]
+    return [
+        f"warning: {q['dead']} dead letter(s) in {q['queue']}, the oldest dead for "
+        f"{format_age(q['oldest_dead_age_s'])}: see `contacto-billing dlq list`; dramatiq "
+        f"deletes them after {snap['dead_message_ttl_days']:g} days"
+        for q in snap["queues"]
+        if q["oldest_dead_age_s"] is not None and q["oldest_dead_age_s"] > warn_after_s
+    ]
 
 
 def _queues(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import io
 import json
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import dramatiq
@@ -16,6 +16,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
 
 from common import names
+from common.audit import dead_letters_check
 from common.broker.inspect import dead_letters, queue_stats, requeue_dead
 from common.cli.main import main
 from config.settings import Settings, get_settings
@@ -291,3 +292,30 @@ def test_unreachable_redis_is_one_line(cli: Any, monkeypatch: pytest.MonkeyPatch
         assert (code, out) == (2, "")  # cannot connect: not a refusal (1)
         assert err.startswith("contacto-billing: error: cannot reach Redis at 127.0.0.1:1: ")
         assert err.count("\n") == 1
+
+
+def test_audit_reports_dead_letters_older_than_a_day(
+    broker: RedisBroker, client: redis.Redis, namespace: str, qsettings: Settings, cli: Any
+) -> None:
+    """A dead letter is work not done, and dramatiq deletes it after its TTL: after a day it is
+    an audit failure, with what it was."""
+    sent = kill(broker, event_id="e1")
+    now = int(time.time() * 1000)
+    assert dead_letters_check(client, qsettings, now_ms=now).offending == []
+    dead_key = names.dead_letter_key(namespace, "usage")
+    [(member, _)] = client.zrange(dead_key, 0, -1, withscores=True)
+    client.zadd(dead_key, {member: now - 86_400_001})
+    result = dead_letters_check(client, qsettings, now_ms=now)
+    assert result.name == "dead_letters_handled"
+    assert result.offending == [
+        {
+            "queue": "usage",
+            "message_id": sent.message_id,
+            "actor": "record_usage",
+            "died_at": datetime.fromtimestamp((now - 86_400_001) / 1000, UTC),
+            "age_s": 86400,
+        }
+    ]
+    code, out, _ = cli("audit", "--json")
+    [check] = [c for c in json.loads(out)["checks"] if c["name"] == "dead_letters_handled"]
+    assert code == 1 and not check["ok"] and check["offending"][0]["message_id"] == sent.message_id

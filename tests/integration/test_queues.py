@@ -98,6 +98,8 @@ def test_counts_every_state(broker: RedisBroker, client: redis.Redis, namespace:
     charges = q["charges"]
     assert (charges.ready, charges.delayed, charges.in_flight, charges.dead) == (0, 0, 0, 1)
     assert charges.oldest_ready_age_s is None
+    assert charges.oldest_dead_age_s is not None and 0 <= charges.oldest_dead_age_s < 10
+    assert usage.oldest_dead_age_s is None
     retries = q["retries"]
     assert (retries.ready, retries.in_flight, retries.dead) == (1, 0, 0)
     assert retries.oldest_ready_age_s is not None and retries.oldest_ready_age_s < 10
@@ -106,7 +108,7 @@ def test_counts_every_state(broker: RedisBroker, client: redis.Redis, namespace:
 
 def test_empty_namespace_lists_the_known_queues(client: redis.Redis, namespace: str) -> None:
     stats = queue_stats(client, namespace, TIMEOUT_MS)
-    assert stats == [QueueStats(q, 0, 0, 0, 0, None) for q in names.QUEUES]
+    assert stats == [QueueStats(q, 0, 0, 0, 0, None, 0, None) for q in names.QUEUES]
 
 
 def test_in_flight_of_a_silent_worker_is_orphaned(
@@ -147,7 +149,14 @@ def test_cli_json(
     fill_every_state(broker)
     assert main(["queues", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"namespace", "queues", "workers"}
+    assert set(out) == {
+        "namespace",
+        "queues",
+        "workers",
+        "dead_letter_warn_after_s",
+        "dead_message_ttl_days",
+    }
+    assert (out["dead_letter_warn_after_s"], out["dead_message_ttl_days"]) == (86400.0, 30.0)
     assert out["namespace"] == namespace
     usage = out["queues"][0]
     age = usage.pop("oldest_ready_age_s")
@@ -159,11 +168,35 @@ def test_cli_json(
         "in_flight": 1,
         "orphaned": 0,
         "dead": 0,
+        "oldest_dead_age_s": None,
     }
     assert [q["queue"] for q in out["queues"]] == ["usage", "charges", "retries", "extra"]
     assert out["queues"][1]["dead"] == 1 and out["queues"][1]["oldest_ready_age_s"] is None
+    assert 0 <= out["queues"][1]["oldest_dead_age_s"] < 10
     assert [w["id"] for w in out["workers"]] == [broker.broker_id]
     assert 0 <= out["workers"][0]["last_heartbeat_age_s"] < 5
+
+
+def test_dead_letters_older_than_a_day_are_warned_about(
+    broker: RedisBroker,
+    client: redis.Redis,
+    namespace: str,
+    cli_env: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Each is work not done (a debit, a recharge) and dramatiq deletes it after its TTL."""
+    fill_every_state(broker)  # charges: one dead letter, just now
+    assert main(["queues"]) == 0
+    assert "warning" not in capsys.readouterr().out
+    dead_key = names.dead_letter_key(namespace, "charges")
+    [(member, _)] = client.zrange(dead_key, 0, -1, withscores=True)
+    client.zadd(dead_key, {member: int(time.time() * 1000) - 90_000_000})  # 25 hours ago
+    assert main(["queues"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "warning: 1 dead letter(s) in charges, the oldest dead for 1d01h: see "
+        "`contacto-billing dlq list`; dramatiq deletes them after 30 days"
+    ) in out
 
 
 def test_cli_table(
