@@ -7,7 +7,7 @@ import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import dramatiq
 import pytest
@@ -303,7 +303,7 @@ def test_audit_reports_dead_letters_older_than_a_day(
     now = int(time.time() * 1000)
     assert dead_letters_check(client, qsettings, now_ms=now).offending == []
     dead_key = names.dead_letter_key(namespace, "usage")
-    [(member, _)] = client.zrange(dead_key, 0, -1, withscores=True)
+    [member] = cast(list[bytes], client.zrange(dead_key, 0, -1))
     client.zadd(dead_key, {member: now - 86_400_001})
     result = dead_letters_check(client, qsettings, now_ms=now)
     assert result.name == "dead_letters_handled"
