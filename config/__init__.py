@@ -1,1 +1,1 @@
-"""Process configuration: settings from the environment and the one broker factory."""
+"""Process configuration: the settings read from the environment (`settings`)."""

@@ -1,6 +1,6 @@
-"""Settings read from the environment (the variables of CONTRACT.md, plus operational knobs).
+"""Settings read from the environment (the variables README documents, plus operational knobs).
 
-Every variable documented in CONTRACT.md keeps its exact name; the extra knobs are
+Every public variable (README, "Configuration") keeps its exact name; the extra knobs are
 prefixed `CONTACTO_` so that they never collide with a platform's own variables.
 """
 
@@ -13,14 +13,14 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# CONTRACT.md accepts both `postgresql://` and `postgresql+asyncpg://`.
+# The public interface accepts both `postgresql://` and `postgresql+asyncpg://`.
 POSTGRESQL_SCHEMES = ("postgresql+asyncpg://", "postgresql://", "postgres://")
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=None, extra="ignore", populate_by_name=True)
 
-    # --- CONTRACT.md --------------------------------------------------------------------------
+    # --- the public interface (README, "Configuration") ----------------------------------------
     database_url: str = Field(
         "postgresql://postgres@127.0.0.1:5432/contacto", validation_alias="DATABASE_URL"
     )

@@ -1,4 +1,4 @@
-"""Balance worker: consumes queue `usage` (CONTRACT.md).
+"""Balance worker: consumes queue `usage` (README, "The message contract" and "How the pieces fit").
 
 Actors `record_usage(**event)` and `record_usage_batch(events=[...])`. Messages delivered at
 the same moment to this process share one transaction (group commit); each actor returns,

@@ -1,6 +1,6 @@
 """The payment gateway interface: one small protocol, two implementations (simulated, stripe).
 
-Outcome classes (DESIGN.md):
+Outcome classes (README, "Auto-recharge rules"):
     succeeded                                   -> ChargeSucceeded
     declined, insufficient funds, expired card,
     authentication required                     -> ChargeFailed (a failed attempt: the ladder)

@@ -1,4 +1,4 @@
-"""The command line exactly as CONTRACT.md writes it."""
+"""The command line exactly as the public interface (README) writes it."""
 
 from __future__ import annotations
 
