@@ -1,6 +1,7 @@
 """Recharge policy: pure functions that return a decision value. No I/O, no clock reads.
 
-The rules (the billing FAQ; README, "Auto-recharge rules"), with T = Balance Amount and R = Recharge Amount:
+The rules (the billing FAQ; README, "Auto-recharge rules"), with T = Balance Amount and
+R = Recharge Amount:
 
     tier 0  fires when balance <  T            a failure arms tier 1
     tier 1  fires when balance <= 0.75 T       a failure arms tier 2

@@ -1,5 +1,6 @@
 """The Procfile, docker-compose.yml and the Dockerfile run the same processes, as the public
-interface names them; the Procfile's ports come from the environment; the image holds what they run."""
+interface names them; the Procfile's ports come from the environment; the image holds what
+they run."""
 
 from __future__ import annotations
 
