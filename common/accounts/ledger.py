@@ -13,6 +13,7 @@ from typing import Any, Final, Literal
 import asyncpg
 
 from common.accounts.status import reactivate
+from common.accounts.store import CREDIT
 from common.recharge.policy import AccountStatus, should_reactivate
 
 CreditKind = Literal["recharge", "credit"]
@@ -29,19 +30,6 @@ def charge_reference(charge_id: int) -> str:
 def charge_reference_sql(charge_id_column: str) -> str:
     """The same reference as an SQL expression over a charge id column (e.g. `c.id`)."""
     return f"'{CHARGE_REFERENCE_PREFIX}' || {charge_id_column}"
-
-
-_CREDIT = """
-WITH entry AS (
-    INSERT INTO ledger_entries (account_id, amount, balance_after, kind, reference, memo)
-    SELECT $1, $2, a.balance + $2, $3, $4, $5 FROM accounts a WHERE a.id = $1
-    ON CONFLICT (kind, reference) DO NOTHING
-    RETURNING amount
-)
-UPDATE accounts SET balance = balance + entry.amount, updated_at = now()
-FROM entry WHERE accounts.id = $1
-RETURNING balance
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +51,7 @@ async def apply_credit(
     """Credit a locked account once per (kind, reference); reactivate it if it comes back above
     zero. None when that reference was already credited."""
     balance: Decimal | None = await conn.fetchval(
-        _CREDIT, account["id"], amount, kind, reference, memo
+        CREDIT, account["id"], amount, kind, reference, memo
     )
     if balance is None:
         return None

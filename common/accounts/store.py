@@ -149,3 +149,17 @@ SELECT id, cause, retry_tier, status, suspended_reason, balance, auto_recharge, 
        charge_id, created_at
 FROM account_history WHERE account_id = $1 ORDER BY id
 """
+
+
+# A credit: the ledger row (once per (kind, reference)) and the balance it moves, in one statement.
+CREDIT = """
+WITH entry AS (
+    INSERT INTO ledger_entries (account_id, amount, balance_after, kind, reference, memo)
+    SELECT $1, $2, a.balance + $2, $3, $4, $5 FROM accounts a WHERE a.id = $1
+    ON CONFLICT (kind, reference) DO NOTHING
+    RETURNING amount
+)
+UPDATE accounts SET balance = balance + entry.amount, updated_at = now()
+FROM entry WHERE accounts.id = $1
+RETURNING balance
+"""
