@@ -25,20 +25,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from common.crashpoints import crash_point
 from common.db.engine import raw_connection
 from common.names import DEST_QUEUE
+from common.outbox import store
 
 log = structlog.get_logger(__name__)
 
 _MESSAGE_NS = uuid.UUID("6f1c8a52-1d1b-4c53-9a55-3f0d8f7a2b11")
-_CLAIM = """
-SELECT id, destination, target, actor_name, payload, deliver_at, now() AS db_now
-FROM outbox
-WHERE sent_at IS NULL
-ORDER BY id
-LIMIT $1
-FOR UPDATE SKIP LOCKED
-"""
-_MARK_SENT = "UPDATE outbox SET sent_at = now(), attempts = attempts + 1 WHERE id = ANY($1)"
-_PRUNE = "DELETE FROM outbox WHERE sent_at < now() - make_interval(days => $1)"
 
 
 def message_id_for(outbox_id: int) -> str:
@@ -82,14 +73,14 @@ class Publisher:
 async def drain_once(engine: AsyncEngine, publisher: Publisher, batch_size: int) -> int:
     """Publish up to `batch_size` unsent rows. Returns how many were published."""
     async with raw_connection(engine) as conn, conn.transaction():
-        rows = await conn.fetch(_CLAIM, batch_size)
+        rows = await conn.fetch(store.CLAIM, batch_size)
         if not rows:
             return 0
         crash_point("relay.before_publish")
         # The Redis calls are blocking; a thread keeps this loop's LISTEN connection alive.
         await asyncio.to_thread(_publish_all, publisher, rows)
         crash_point("relay.after_publish")
-        await conn.execute(_MARK_SENT, [r["id"] for r in rows])
+        await conn.execute(store.MARK_SENT, [r["id"] for r in rows])
     log.info("outbox.published", rows=len(rows), first_id=rows[0]["id"], last_id=rows[-1]["id"])
     return len(rows)
 
@@ -101,16 +92,13 @@ def _publish_all(publisher: Publisher, rows: list[asyncpg.Record]) -> None:
 
 async def prune_sent(engine: AsyncEngine, keep_days: int = 7) -> str:
     async with raw_connection(engine) as conn:
-        status: str = await conn.execute(_PRUNE, keep_days)
+        status: str = await conn.execute(store.PRUNE, keep_days)
         return status
 
 
 async def outbox_lag(engine: AsyncEngine) -> tuple[int, float]:
     """(unsent rows, age in seconds of the oldest unsent row)."""
     async with raw_connection(engine) as conn:
-        row = await conn.fetchrow(
-            "SELECT count(*) AS n, extract(epoch FROM now() - min(created_at)) AS age "
-            "FROM outbox WHERE sent_at IS NULL"
-        )
+        row = await conn.fetchrow(store.LAG)
     assert row is not None
     return int(row["n"]), float(row["age"] or 0)  # float-ok: seconds, not money

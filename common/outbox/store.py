@@ -17,6 +17,7 @@ import asyncpg
 from common.money import format_amount
 from common.names import ACTOR_QUEUES, DEST_QUEUE, DEST_STREAM, OUTBOX_CHANNEL
 
+NOTIFY = "SELECT pg_notify($1, '')"
 _INSERT = """
 INSERT INTO outbox (destination, target, actor_name, payload, deliver_at)
 VALUES ($1, $2, $3, $4, coalesce($5, now()))
@@ -36,7 +37,7 @@ async def enqueue_message(
     outbox_id: int = await conn.fetchval(
         _INSERT, DEST_QUEUE, queue, actor_name, json.dumps(kwargs), deliver_at
     )
-    await conn.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
+    await conn.execute(NOTIFY, OUTBOX_CHANNEL)
     return outbox_id
 
 
@@ -52,5 +53,22 @@ async def emit_event(conn: asyncpg.Connection[Any], event_type: str, data: dict[
     outbox_id: int = await conn.fetchval(
         _INSERT, DEST_STREAM, event_type, None, json.dumps(data, default=_jsonable), None
     )
-    await conn.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
+    await conn.execute(NOTIFY, OUTBOX_CHANNEL)
     return outbox_id
+
+
+# The relay's statements (common/outbox/relay.py): claim unsent rows, mark them, prune, lag.
+CLAIM = """
+SELECT id, destination, target, actor_name, payload, deliver_at, now() AS db_now
+FROM outbox
+WHERE sent_at IS NULL
+ORDER BY id
+LIMIT $1
+FOR UPDATE SKIP LOCKED
+"""
+MARK_SENT = "UPDATE outbox SET sent_at = now(), attempts = attempts + 1 WHERE id = ANY($1)"
+PRUNE = "DELETE FROM outbox WHERE sent_at < now() - make_interval(days => $1)"
+LAG = """
+SELECT count(*) AS n, extract(epoch FROM now() - min(created_at)) AS age
+FROM outbox WHERE sent_at IS NULL
+"""
