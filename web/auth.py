@@ -8,12 +8,12 @@ reason and, when the selector matched, the token's name: never the token.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Final
+from typing import Any, Final
 
+import asyncpg
 import structlog
-from fastapi import Request, Security
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Request
+from fastapi.security import HTTPBearer
 
 from common.credentials.tokens import Caller, Refusal, authenticate
 from web.errors import ApiError
@@ -21,13 +21,11 @@ from web.resources import resources
 
 log = structlog.get_logger("web.auth")
 
-BEARER: Final = HTTPBearer(
-    auto_error=False,
-    scheme_name="bearer",
-    bearerFormat="cbt_<selector>_<secret>",
-    description="A token from `contacto-billing api-tokens create NAME` (shown once).",
-)
 _CHALLENGE: Final = 'Bearer realm="contacto-billing"'
+SCHEME_DESCRIPTION: Final = (
+    "A token from `contacto-billing api-tokens create NAME` (shown once); scopes "
+    "accounts:read (GET /v1/accounts/…) and usage:write (POST /v1/usage)."
+)
 
 
 def _unauthorized(message: str, error: str | None = None) -> ApiError:
@@ -35,43 +33,66 @@ def _unauthorized(message: str, error: str | None = None) -> ApiError:
     return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": challenge})
 
 
-def require(scope: str) -> Callable[..., Awaitable[Caller]]:
-    """A dependency: the request's caller, who must hold `scope`."""
+def bearer_credentials(header: str | None) -> str | None:
+    """The token of `Authorization: Bearer <token>` (scheme case-insensitive), else None."""
+    if header is None:
+        return None
+    scheme, _, value = header.strip().partition(" ")
+    value = value.strip()
+    return value if scheme.lower() == "bearer" and value else None
 
-    async def caller(
-        request: Request,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
-    ) -> Caller:
-        if credentials is None:
-            if request.headers.get("authorization") is None:
-                log.info("auth.refused", reason="missing")
-                raise _unauthorized("no bearer token: send Authorization: Bearer <token>")
-            log.info("auth.refused", reason="not_bearer")
+
+async def check(conn: asyncpg.Connection[Any], request: Request, scope: str) -> Caller:
+    """The request's caller, who must hold `scope`: else 401 or 403 (as ApiError)."""
+    header = request.headers.get("authorization")
+    presented = bearer_credentials(header)
+    if presented is None:
+        if header is None:
+            log.info("auth.refused", reason="missing")
+            raise _unauthorized("no bearer token: send Authorization: Bearer <token>")
+        log.info("auth.refused", reason="not_bearer")
+        raise _unauthorized("the Authorization header is not `Bearer <token>`", "invalid_request")
+    result = await authenticate(conn, presented)
+    if result.caller is None:
+        reason = result.refusal or Refusal.UNKNOWN
+        log.info("auth.refused", reason=reason.value, holder=result.name)
+        if reason is Refusal.MALFORMED:
             raise _unauthorized(
-                "the Authorization header is not `Bearer <token>`", "invalid_request"
+                "malformed bearer token (expected cbt_<selector>_<secret>)", "invalid_token"
             )
-        async with resources(request).connection() as conn:
-            result = await authenticate(conn, credentials.credentials)
-        if result.caller is None:
-            reason = result.refusal or Refusal.UNKNOWN
-            log.info("auth.refused", reason=reason.value, holder=result.name)
-            if reason is Refusal.MALFORMED:
-                raise _unauthorized(
-                    "malformed bearer token (expected cbt_<selector>_<secret>)", "invalid_token"
-                )
-            raise _unauthorized("invalid or revoked token", "invalid_token")
-        request.state.caller = result.caller
-        structlog.contextvars.bind_contextvars(caller=result.caller.name)
-        if scope not in result.caller.scopes:
-            log.info("auth.forbidden", scope=scope)
-            raise ApiError(
-                403,
-                "forbidden",
-                f"token {result.caller.name!r} lacks the scope {scope}",
-                headers={
-                    "WWW-Authenticate": f'{_CHALLENGE}, error="insufficient_scope", scope="{scope}"'
-                },
-            )
-        return result.caller
+        raise _unauthorized("invalid or revoked token", "invalid_token")
+    request.state.caller = result.caller
+    structlog.contextvars.bind_contextvars(caller=result.caller.name)
+    if scope not in result.caller.scopes:
+        log.info("auth.forbidden", scope=scope)
+        raise ApiError(
+            403,
+            "forbidden",
+            f"token {result.caller.name!r} lacks the scope {scope}",
+            headers={
+                "WWW-Authenticate": f'{_CHALLENGE}, error="insufficient_scope", scope="{scope}"'
+            },
+        )
+    return result.caller
 
-    return caller
+
+class BearerToken(HTTPBearer):
+    """A router's dependency: every route of the router needs a token with `scope`.
+
+    An HTTPBearer, so that FastAPI documents the scheme on each route; called with the
+    request alone (no sub-dependency: the check is on every request of the hot path), it
+    checks the token on a connection of its own, returned at once (a route that reads a body
+    must not hold one while a slow client uploads)."""
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(
+            auto_error=False,
+            scheme_name="bearer",
+            bearerFormat="cbt_<selector>_<secret>",
+            description=SCHEME_DESCRIPTION,
+        )
+        self.scope = scope
+
+    async def __call__(self, request: Request) -> Caller:  # type: ignore[override]
+        async with resources(request).connection() as conn:
+            return await check(conn, request, self.scope)

@@ -16,16 +16,20 @@ from common.accounts.support import (
     ledger_page,
     show_account_state,
 )
-from common.credentials.tokens import SCOPE_ACCOUNTS_READ, Caller
+from common.credentials.tokens import SCOPE_ACCOUNTS_READ
 from common.jsonable import to_jsonable
 from web.api.models import Account, ChargesPage, LedgerPage, error_responses
-from web.auth import require
+from web.auth import BearerToken
 from web.errors import ApiError
 from web.resources import resources
 from web.responses import JSONBytes
 
-router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
-Reader = Annotated[Caller, Depends(require(SCOPE_ACCOUNTS_READ))]
+# Every route here needs a token with accounts:read.
+router = APIRouter(
+    prefix="/v1/accounts",
+    tags=["accounts"],
+    dependencies=[Depends(BearerToken(SCOPE_ACCOUNTS_READ))],
+)
 AccountId = Annotated[str, Path(description="the account's id (1 to 200 characters)")]
 After = Annotated[
     int,
@@ -45,7 +49,7 @@ def _not_found(exc: UnknownAccountError) -> ApiError:
     response_class=JSONBytes,
     responses={200: {"model": Account}, **error_responses(404, 422)},
 )
-async def get_account(account_id: AccountId, request: Request, _caller: Reader) -> Response:
+async def get_account(account_id: AccountId, request: Request) -> Response:
     async with resources(request).connection() as conn:
         try:
             state = await show_account_state(conn, account_id)
@@ -63,7 +67,6 @@ async def get_account(account_id: AccountId, request: Request, _caller: Reader) 
 async def get_ledger(
     account_id: AccountId,
     request: Request,
-    _caller: Reader,
     after: After = 0,
     limit: Limit = DEFAULT_LIMIT,
 ) -> Response:
@@ -86,7 +89,6 @@ async def get_ledger(
 async def get_charges(
     account_id: AccountId,
     request: Request,
-    _caller: Reader,
     after: After = 0,
     limit: Limit = DEFAULT_LIMIT,
 ) -> Response:

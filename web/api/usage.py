@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Annotated, Any, Final
+from typing import Any, Final
 
 import dramatiq
 import redis
@@ -25,11 +25,11 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from common.broker.publish import usage_batch_message, usage_message
-from common.credentials.tokens import SCOPE_USAGE_WRITE, Caller
+from common.credentials.tokens import SCOPE_USAGE_WRITE
 from common.names import ACTOR_RECORD_USAGE, ACTOR_RECORD_USAGE_BATCH
 from common.usage.decode import Rejection, Submission, decode_batch, decode_single
 from web.api.models import USAGE_REQUEST_SCHEMA, Accepted, error_responses
-from web.auth import require
+from web.auth import BearerToken
 from web.body import check_media_type, parse_json, read_limited
 from web.errors import ApiError, unavailable
 from web.resources import resources
@@ -37,8 +37,10 @@ from web.responses import JSONBytes
 
 log = structlog.get_logger("web.usage")
 
-router = APIRouter(prefix="/v1", tags=["usage"])
-Writer = Annotated[Caller, Depends(require(SCOPE_USAGE_WRITE))]
+# Every route here needs a token with usage:write.
+router = APIRouter(
+    prefix="/v1", tags=["usage"], dependencies=[Depends(BearerToken(SCOPE_USAGE_WRITE))]
+)
 _INDEX: Final = re.compile(r"events\[(\d+)\]: ")
 NOT_AN_EVENT: Final = 'the body must be one usage event (an object) or {"events": [...]}'
 
@@ -102,7 +104,7 @@ def _json_type(value: Any) -> str:
         }
     },
 )
-async def post_usage(request: Request, caller: Writer) -> Response:
+async def post_usage(request: Request) -> Response:
     check_media_type(request.headers.get("content-type"))
     res = resources(request)
     body = parse_json(await read_limited(request.stream(), res.web.max_body_bytes))
