@@ -204,10 +204,8 @@ class Child:
     def stop(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            pass
         time.sleep(1)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, signal.SIGKILL)
@@ -420,7 +418,9 @@ def main(argv: list[str] | None = None) -> int:
         web_env[key] = value
     from config.settings import Settings, WebSettings
 
-    workers = WebSettings(**{k: v for k, v in web_env.items() if k.startswith("CONTACTO_WEB")})
+    workers = WebSettings.model_validate(
+        {k: v for k, v in web_env.items() if k.startswith("CONTACTO_WEB")}
+    )
     result = Run(
         label=git_label(), started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         loadavg_before=loadavg(), web_workers=workers.workers, accounts=args.accounts,
@@ -429,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     children: list[Child] = []
     stop = multiprocessing.Event()
     sent = multiprocessing.Value("q", 0)
-    feeder: multiprocessing.Process | None = None
+    feeder: Any = None  # a forked multiprocessing process
     os.environ["DATABASE_URL"] = db_url
     try:
         from common.db.migrate import upgrade
@@ -546,7 +546,8 @@ def _cleanup(admin_url: str, database: str, redis_url: str, namespace: str, *, k
 
 def report(run: Run) -> None:
     print(f"bench.api {run.label} at {run.started_at}; web workers {run.web_workers}; "
-          f"{run.accounts} accounts; load average {run.loadavg_before} -> {run.loadavg_after}")  # fmt: skip
+          f"{run.accounts} accounts; load average {run.loadavg_before} -> "
+          f"{run.loadavg_after}")  # fmt: skip
     print(f"{'phase':<11} {'req/s':>8} {'events/s':>9} {'p50 ms':>7} {'p90 ms':>7} "
           f"{'p99 ms':>7} {'non-2xx':>7} {'debits/s':>8}  cores")  # fmt: skip
     for p in run.phases:
@@ -558,8 +559,9 @@ def report(run: Run) -> None:
     for p in run.phases:
         if p.name == "get-paced":
             ok = p.wrk.rps >= TARGET_GET_RPS * 0.98 and p.wrk.p99_ms <= TARGET_GET_P99_MS
+            verdict = "PASS" if ok else "MISS"
             print(f"target GET >= {TARGET_GET_RPS}/s with p99 <= {TARGET_GET_P99_MS:g} ms: "
-                  f"{p.wrk.rps:,.0f}/s, p99 {p.wrk.p99_ms:.2f} ms: {'PASS' if ok else 'MISS'}")  # fmt: skip
+                  f"{p.wrk.rps:,.0f}/s, p99 {p.wrk.p99_ms:.2f} ms: {verdict}")  # fmt: skip
         if p.name == "post-batch" and p.events_per_s is not None:
             ok = p.events_per_s >= TARGET_POST_EVENTS
             print(f"target POST >= {TARGET_POST_EVENTS:,} events/s: {p.events_per_s:,.0f}: "
