@@ -15,9 +15,15 @@ _SECRET_KEYS = re.compile(
     r"\bnumber\b|stripe_api_key|credential",
     re.IGNORECASE,
 )
-# Stripe secret/restricted keys and anything shaped like a card number (13-19 digits,
-# optionally grouped), wherever it appears in a string.
-_SECRET_VALUES = re.compile(r"\b(?:sk|rk)_(?:test|live)_[A-Za-z0-9]+|\b(?:\d[ -]?){12,18}\d\b")
+# Stripe secret/restricted keys, anything shaped like a card number (13-19 digits, optionally
+# grouped), the account API's bearer tokens (common/credentials/tokens.py: `cbt_…`, whole or
+# cut short) and whatever follows `Bearer ` (a malformed token may be someone's real secret),
+# wherever they appear in a string.
+_SECRET_VALUES = re.compile(
+    r"\b(?:sk|rk)_(?:test|live)_[A-Za-z0-9]+|\b(?:\d[ -]?){12,18}\d\b"
+    r"|cbt_[0-9a-f]{4,}[A-Za-z0-9_-]*"
+    r"|\b[Bb][Ee][Aa][Rr][Ee][Rr][ \t]+[^\s\"',;]+"
+)
 REDACTED = "[redacted]"
 
 

@@ -118,6 +118,34 @@ def to_asyncpg_url(url: str) -> str:
     raise ValueError("DATABASE_URL must be a postgresql:// URL")
 
 
+class WebSettings(BaseSettings):
+    """The `web` process's own knobs, read only by that process: a platform's PORT that is not
+    a number must stop the web process, not every worker that happens to inherit it."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", populate_by_name=True)
+
+    # PORT as platforms (and honcho, which gives the Procfile's first line its base port) set it.
+    port: int = Field(8000, ge=1, le=65535, validation_alias="PORT")
+    # Loopback unless said otherwise: the API holds balances; exposing it is a decision.
+    host: str = Field("127.0.0.1", min_length=1, validation_alias="WEB_HOST")
+    # uvicorn worker processes: each has its own event loop, connection pool and broker client.
+    workers: int = Field(2, ge=1, le=64, validation_alias="CONTACTO_WEB_WORKERS")
+    # PostgreSQL connections per worker process (SQLAlchemy pool; 2 more may overflow).
+    db_pool_size: int = Field(8, ge=1, le=200, validation_alias="CONTACTO_WEB_DB_POOL_SIZE")
+    # Request bodies above this are refused with 413 before they are read. A batch of 1,000
+    # events of ordinary size is ~300 KB.
+    max_body_bytes: int = Field(
+        2 * 1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        validation_alias="CONTACTO_WEB_MAX_BODY_BYTES",
+    )
+    # One `http.request` log line per request (method, path, status, duration, request id).
+    access_log: bool = Field(True, validation_alias="CONTACTO_WEB_ACCESS_LOG")
+    # On SIGTERM: requests in progress get this long to finish, then connections are closed.
+    shutdown_timeout_s: int = Field(5, ge=0, le=300, validation_alias="CONTACTO_WEB_SHUTDOWN_S")
+
+
 # Their values may carry a password: an error names the variable, never echoes the value.
 _NOT_ECHOED = ("URL", "KEY", "PASSWORD", "SECRET", "TOKEN")
 
@@ -144,3 +172,8 @@ def settings_problem(exc: ValidationError) -> str:
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+@lru_cache(maxsize=1)
+def get_web_settings() -> WebSettings:
+    return WebSettings()

@@ -69,6 +69,22 @@ async def require_account(conn: asyncpg.Connection[Any], account_id: str) -> asy
     return row
 
 
+MAX_ACCOUNT_ID_CHARS = 200  # accounts.id's CHECK
+
+
+def account_id_problem(account_id: str) -> str | None:
+    """Why `account_id` can never name an account (the table's CHECK, and text PostgreSQL
+    stores), or None."""
+    if not account_id or len(account_id) > MAX_ACCOUNT_ID_CHARS or "\x00" in account_id:
+        return f"account id must be 1 to {MAX_ACCOUNT_ID_CHARS} characters"
+    if not account_id.isascii():
+        try:
+            account_id.encode("utf-8")
+        except UnicodeEncodeError:
+            return "account id is not valid Unicode text"
+    return None
+
+
 _INSERT_ACCOUNT = "INSERT INTO accounts (id, currency) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING"
 _FETCH_ACCOUNT = """
 SELECT a.*, (SELECT coalesce(sum(amount), 0) FROM ledger_entries l
@@ -85,6 +101,34 @@ SELECT id, kind, state, tier, trigger FROM recharge_runs
 WHERE account_id = $1 AND state IN ('pending', 'failing') ORDER BY id
 """
 _ACCOUNT_CURRENCY = "SELECT currency FROM accounts WHERE id = $1"
+# What `account_state` (common/accounts/support.py) shows, and nothing else: the account API
+# reads it on every request, so no ledger sum and no join.
+ACCOUNT_STATE_COLUMNS = """a.id, a.currency, a.balance, a.status, a.retry_tier,
+       a.auto_recharge_enabled, a.balance_amount, a.recharge_amount, a.recharge_mode"""
+_FETCH_ACCOUNT_STATE = f"SELECT {ACCOUNT_STATE_COLUMNS} FROM accounts a WHERE a.id = $1"
+# Pages in id order after a cursor (an id, exclusive). One round trip, and the account row
+# tells an unknown account (no row) from one with nothing after the cursor (one row, id NULL).
+FETCH_LEDGER_PAGE = """
+SELECT a.id AS account_id, l.id, l.kind, l.amount, l.balance_after, l.reference, l.memo,
+       l.created_at
+FROM accounts a
+LEFT JOIN LATERAL (
+    SELECT * FROM ledger_entries e WHERE e.account_id = a.id AND e.id > $2 ORDER BY e.id LIMIT $3
+) l ON true
+WHERE a.id = $1
+ORDER BY l.id
+"""
+FETCH_CHARGES_PAGE = """
+SELECT a.id AS account_id, c.id, c.run_id, c.kind, c.seq, c.amount, c.currency, c.status,
+       c.idempotency_key, c.failure_code, c.failure_message, c.created_at, c.updated_at
+FROM accounts a
+LEFT JOIN LATERAL (
+    SELECT ch.*, r.kind FROM charges ch JOIN recharge_runs r ON r.id = ch.run_id
+    WHERE ch.account_id = a.id AND ch.id > $2 ORDER BY ch.id LIMIT $3
+) c ON true
+WHERE a.id = $1
+ORDER BY c.id
+"""
 
 
 async def insert_account(conn: asyncpg.Connection[Any], account_id: str, currency: str) -> bool:
@@ -96,6 +140,24 @@ async def insert_account(conn: asyncpg.Connection[Any], account_id: str, currenc
 async def fetch_account(conn: asyncpg.Connection[Any], account_id: str) -> asyncpg.Record | None:
     """The whole row and the sum of its ledger (no lock)."""
     return await conn.fetchrow(_FETCH_ACCOUNT, account_id)
+
+
+async def fetch_account_state(
+    conn: asyncpg.Connection[Any], account_id: str
+) -> asyncpg.Record | None:
+    """The columns of ACCOUNT_STATE_COLUMNS (no lock, no ledger sum)."""
+    return await conn.fetchrow(_FETCH_ACCOUNT_STATE, account_id)
+
+
+async def fetch_page(
+    conn: asyncpg.Connection[Any], query: str, account_id: str, after: int, limit: int
+) -> list[asyncpg.Record] | None:
+    """FETCH_LEDGER_PAGE or FETCH_CHARGES_PAGE: the rows after `after`, [] when there are none,
+    None for an unknown account."""
+    rows = await conn.fetch(query, account_id, after, limit)
+    if not rows:
+        return None
+    return [r for r in rows if r["id"] is not None]
 
 
 async def fetch_charges(conn: asyncpg.Connection[Any], account_id: str) -> list[asyncpg.Record]:

@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 
 from common.accounts import store
 from common.accounts.ledger import apply_credit
-from common.accounts.store import AccountError, require_account
+from common.accounts.store import AccountError, account_id_problem, require_account
 from common.money import check_fits_minor_unit, parse_currency
 from common.recharge.policy import armed_level
 
+MAX_PAGE_SIZE: Final = 500
+MAX_CURSOR: Final = 2**63 - 1  # ids are bigserial
+
+
+class UnknownAccountError(AccountError):
+    """No account has this id (the API answers 404)."""
+
 
 async def create_account(conn: asyncpg.Connection[Any], account_id: str, currency: str) -> None:
-    if not account_id or len(account_id) > 200 or "\x00" in account_id:
-        raise AccountError("account id must be 1 to 200 characters")
+    if problem := account_id_problem(account_id):
+        raise AccountError(problem)
     currency = parse_currency(currency)
     if not await store.insert_account(conn, account_id, currency):
         raise AccountError(f"account {account_id!r} already exists")
@@ -47,12 +56,9 @@ async def credit_account(
         return credited.balance, True
 
 
-async def show_account(conn: asyncpg.Connection[Any], account_id: str) -> dict[str, Any]:
-    row = await store.fetch_account(conn, account_id)
-    if row is None:
-        raise AccountError(f"unknown account {account_id!r}")
-    charges = await store.fetch_charges(conn, account_id)
-    runs = await store.fetch_runs_in_flight(conn, account_id)
+def account_state(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The contract's view of an account (`accounts show --json` without its charges, and the
+    account API): balance, status, the auto-recharge settings and where the ladder stands."""
     tier = row["retry_tier"]
     level = (
         armed_level(row["balance_amount"], tier)
@@ -72,6 +78,33 @@ async def show_account(conn: asyncpg.Connection[Any], account_id: str) -> dict[s
         },
         "retry_tier": tier,
         "armed_level": level,
+    }
+
+
+def _unknown(account_id: str) -> AccountError:
+    return UnknownAccountError(f"unknown account {account_id!r}")
+
+
+async def show_account_state(conn: asyncpg.Connection[Any], account_id: str) -> dict[str, Any]:
+    """`account_state` of one account, read with one lean query (the account API's hot path)."""
+    row = (
+        None
+        if account_id_problem(account_id)
+        else await store.fetch_account_state(conn, account_id)
+    )
+    if row is None:
+        raise _unknown(account_id)
+    return account_state(row)
+
+
+async def show_account(conn: asyncpg.Connection[Any], account_id: str) -> dict[str, Any]:
+    row = await store.fetch_account(conn, account_id)
+    if row is None:
+        raise _unknown(account_id)
+    charges = await store.fetch_charges(conn, account_id)
+    runs = await store.fetch_runs_in_flight(conn, account_id)
+    return {
+        **account_state(row),
         "last_failure_at": row["last_failure_at"],
         "max_recharge_amount": row["max_recharge_amount"],
         "payment_method": row["payment_method"],
@@ -90,3 +123,57 @@ async def show_account(conn: asyncpg.Connection[Any], account_id: str) -> dict[s
             for c in charges
         ],
     }
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """Rows in id order after a cursor; `next` is the cursor of the following page, or None
+    when this one is the last (fewer rows than asked for)."""
+
+    account_id: str
+    items: list[dict[str, Any]]
+    next: int | None
+
+
+async def ledger_page(
+    conn: asyncpg.Connection[Any], account_id: str, *, after: int = 0, limit: int = 100
+) -> Page:
+    """An account's ledger entries with an id above `after`, oldest first."""
+    return await _page(conn, store.FETCH_LEDGER_PAGE, _LEDGER_FIELDS, account_id, after, limit)
+
+
+async def charges_page(
+    conn: asyncpg.Connection[Any], account_id: str, *, after: int = 0, limit: int = 100
+) -> Page:
+    """An account's card charges (automatic and manual runs) with an id above `after`."""
+    return await _page(conn, store.FETCH_CHARGES_PAGE, _CHARGE_FIELDS, account_id, after, limit)
+
+
+_LEDGER_FIELDS = ("id", "kind", "amount", "balance_after", "reference", "memo", "created_at")
+_CHARGE_FIELDS = (
+    "id", "run_id", "kind", "seq", "amount", "currency", "status", "idempotency_key",
+    "failure_code", "failure_message", "created_at", "updated_at",
+)  # fmt: skip
+
+
+async def _page(
+    conn: asyncpg.Connection[Any],
+    query: str,
+    fields: tuple[str, ...],
+    account_id: str,
+    after: int,
+    limit: int,
+) -> Page:
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise AccountError(f"limit must be between 1 and {MAX_PAGE_SIZE}")
+    if not 0 <= after <= MAX_CURSOR:
+        raise AccountError(f"after must be between 0 and {MAX_CURSOR}")
+    rows = (
+        None
+        if account_id_problem(account_id)
+        else await store.fetch_page(conn, query, account_id, after, limit)
+    )
+    if rows is None:
+        raise _unknown(account_id)
+    items = [{f: r[f] for f in fields} for r in rows]
+    return Page(account_id, items, items[-1]["id"] if len(items) == limit else None)

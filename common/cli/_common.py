@@ -7,11 +7,12 @@ import asyncio
 import json
 import sys
 from collections.abc import Coroutine
-from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from common.money import MoneyError, format_amount, parse_amount
+# Re-exported: the command modules import it from here.
+from common.jsonable import to_jsonable as to_jsonable
+from common.money import MoneyError, parse_amount
 
 T = TypeVar("T")
 
@@ -30,18 +31,6 @@ class SetupError(Exception):
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
-
-
-def to_jsonable(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return format_amount(value)
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {k: to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_jsonable(v) for v in value]
-    return value
 
 
 def print_json(value: Any) -> None:

@@ -23,9 +23,20 @@ def command_modules() -> tuple[ModuleType, ...]:
     """Each module registers its own sub-commands, in this order in `--help`."""
     # Imported when called, not with this module: Ctrl-C during these slow imports is then
     # caught by main() instead of printing a traceback.
-    from common.cli import accounts, audit, db, demo, dlq, enqueue, events, queues, usage
+    from common.cli import (
+        accounts,
+        api_tokens,
+        audit,
+        db,
+        demo,
+        dlq,
+        enqueue,
+        events,
+        queues,
+        usage,
+    )
 
-    return (db, accounts, enqueue, usage, queues, dlq, audit, events, demo)
+    return (db, accounts, api_tokens, enqueue, usage, queues, dlq, audit, events, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

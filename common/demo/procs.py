@@ -18,6 +18,7 @@ from common.procfile import Entry
 
 READY_TEXT = "ready for action"
 RELAY_READY_TEXT = "relay.started"
+WEB_READY_TEXT = "web.ready"  # logged by each web worker once its resources are open
 # honcho prefixes each line with "HH:MM:SS name.N | "; its own lines are "system | …".
 _LINE = re.compile(r"^\S+\s+(?P<name>[\w-]+)\.\d+\s+\|\s?(?P<text>.*)$")
 _STARTED = re.compile(r"\bstarted \(pid=(?P<pid>\d+)\)")
@@ -29,7 +30,8 @@ def expected_ready(processes: dict[str, Entry]) -> dict[str, tuple[str, int]]:
     """What each process logs when it can take work, and how many times.
 
     dramatiq logs "ready for action" once per worker process (`--processes N`); the relay
-    logs `relay.started`. Anything else only has to be running.
+    logs `relay.started`, the web process `web.ready` (one of its workers can serve). Anything
+    else only has to be running.
     """
     expected: dict[str, tuple[str, int]] = {}
     for name, entry in processes.items():
@@ -38,6 +40,8 @@ def expected_ready(processes: dict[str, Entry]) -> dict[str, tuple[str, int]]:
             expected[name] = (READY_TEXT, int(entry.option("--processes", "-p") or 1))
         elif program == "workers.relay":
             expected[name] = (RELAY_READY_TEXT, 1)
+        elif program == "web":
+            expected[name] = (WEB_READY_TEXT, 1)
     return expected
 
 

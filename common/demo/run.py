@@ -44,6 +44,7 @@ from common.demo.services import (
     postgres_reason,
     redis_reason,
     safe_url,
+    web_port,
     with_database,
 )
 from common.demo.timeline import Timeline
@@ -165,6 +166,9 @@ class Demo:
             "CONTACTO_EVENTS_STREAM": f"{database}:events",
             "CONTACTO_SIMULATED_PREFIX": f"{database}:simgw",
             "LOG_FORMAT": "json",
+            # honcho hands PORT to the Procfile's first line, web (see the Procfile).
+            "PORT": str(web_port()),
+            "WEB_HOST": "127.0.0.1",
         }
         # Also for a second terminal: `set -a; . .contacto/demo.env; set +a`.
         demo_vars = envfile.write(self.state / "demo.env", demo_vars, os.getpid(), self.started)
@@ -243,6 +247,7 @@ class Demo:
                 await scenarios.declining_card_ladder(stage)
                 accounts.append(scenarios.LADDER)
             ok = await scenarios.summary(stage, accounts)
+            await scenarios.api_access(stage, accounts[0])
             if self.opts.keep_running:
                 self.say(
                     "\nThe processes keep running; Ctrl-C stops everything. From another shell:\n"

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,10 +18,12 @@ from decimal import Decimal
 from typing import Any, TextIO
 
 import asyncpg
+import httpx
 from dramatiq.brokers.redis import RedisBroker
 
 from common.accounts.support import create_account, credit_account
 from common.broker.publish import usage_message
+from common.credentials.tokens import create_token
 from common.demo.procs import Honcho
 from common.demo.services import DemoError
 from common.demo.timeline import Timeline, money
@@ -208,6 +211,28 @@ async def summary(stage: Stage, accounts: list[str]) -> bool:
         )
         ok = ok and as_faq
     return ok
+
+
+async def api_access(stage: Stage, account: str) -> None:
+    """The `web` process's URL and a token for it (created now, shown once), proven by one
+    call of the account API."""
+    url = f"http://{os.environ.get('WEB_HOST', '127.0.0.1')}:{os.environ['PORT']}"
+    issued = await create_token(stage.conn, "demo")
+    stage.say("\n== The account API (web) ==")
+    stage.say(f"  URL          {url}  (OpenAPI: {url}/openapi.json)")
+    stage.say(f"  token        {issued.token}  (api-tokens create demo: shown once)")
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        response = await client.get(
+            f"/v1/accounts/{account}", headers={"Authorization": f"Bearer {issued.token}"}
+        )
+    if response.status_code == 200:
+        state = response.json()
+        stage.say(
+            f"  GET /v1/accounts/{account} -> 200: balance {state['balance']}, {state['status']}"
+        )
+    else:
+        stage.say(f"  GET /v1/accounts/{account} -> {response.status_code}: {response.text[:200]}")
+    stage.say(f'  curl -H "Authorization: Bearer {issued.token}" {url}/v1/accounts/{account}')
 
 
 async def follow(stage: Stage) -> None:

@@ -219,11 +219,23 @@ def redis_server_executable() -> str:
     )
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def _free_port(preferred: int = 0) -> int:
+    """`preferred` when nothing listens on it on 127.0.0.1, else a free port."""
+    for port in (preferred, 0) if preferred else (0,):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            found: int = sock.getsockname()[1]
+            return found
+    raise DemoError("no free TCP port on 127.0.0.1")
+
+
+def web_port(preferred: int = 8000) -> int:
+    """The demo's account API port: 8000 if it is free (the default), else any free one, so
+    that a second demo or a developer's own server does not stop this one."""
+    return _free_port(preferred)
 
 
 @dataclass

@@ -159,6 +159,14 @@ def test_the_demo_plays_both_scenarios_on_the_machines_services(
     assert re.search(r"^\s*ladder\s+balance\s+110\.00\s+active\s+tier 0", out, re.M)
     assert "audit OK" in out
     assert "as the FAQ describes" in out
+    # The account API: its URL, a token, and one call of it that worked.
+    assert "== The account API (web) ==" in out
+    url = re.search(r"^\s*URL\s+(http://127\.0\.0\.1:\d+)\s", out, re.M)
+    token = re.search(r"^\s*token\s+(cbt_[0-9a-f]{16}_[A-Za-z0-9_-]{43})\s", out, re.M)
+    assert url and token, out
+    assert "GET /v1/accounts/faq -> 200: balance 110.00, active" in out
+    assert f'curl -H "Authorization: Bearer {token[1]}" {url[1]}/v1/accounts/faq' in out
+    assert token[1] not in (state_dir / "logs" / "processes.log").read_text()
     # Logs went to the file, not to the timeline.
     assert "ready for action" not in out
     assert "ready for action" in (state_dir / "logs" / "processes.log").read_text()
@@ -219,8 +227,8 @@ def test_ctrl_c_stops_every_process_and_exits_130(
     assert took < 30
     if HAS_PROC:
         names = " ".join(running)
-        for expected in ("honcho", "workers.balance", "workers.charge", "workers.retry",
-                         "workers.relay"):  # fmt: skip
+        for expected in ("honcho", "-m web", "workers.balance", "workers.charge",
+                         "workers.retry", "workers.relay"):  # fmt: skip
             assert expected in names, running
         if mode == "always":
             assert "redis-server" in names and "postgres" in names, running

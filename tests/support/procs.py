@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from common import procfile
 from tests.support.session import scratch_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,6 +125,58 @@ def dramatiq_worker(
 def relay(env: dict[str, str]) -> Proc:
     proc = Proc([sys.executable, "-m", "workers.relay"], env, "relay")
     proc.wait_for("relay.started")
+    return proc
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # After the command's ")": state, ppid, pgrp, …
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            found.append(int(entry.name))
+    return found
+
+
+class GroupProc(Proc):
+    """A process that stops as a supervisor stops it: SIGTERM to its whole process group."""
+
+    def stop(self, timeout_s: float = 20) -> None:
+        self.stop_group(timeout_s)
+        self._signal_group(signal.SIGKILL)
+        self._log_handle.close()
+
+    def stop_group(self, timeout_s: float = 20) -> float:
+        """SIGTERM to the group; the seconds until no process of it is left (or timeout_s)."""
+        started = time.monotonic()
+        self._signal_group(signal.SIGTERM)
+        while time.monotonic() - started < timeout_s:
+            self.popen.poll()  # reap the group leader once it exits
+            if not group_members(self.popen.pid):
+                break
+            time.sleep(0.05)
+        return time.monotonic() - started
+
+
+def web(env: dict[str, str], port: int, *, workers: int = 1) -> GroupProc:
+    """The Procfile's `web` line, run as honcho runs it (`/bin/sh -c LINE` in the repository,
+    a process group of its own), on 127.0.0.1:`port`; returns once a worker is serving."""
+    entry = procfile.read(REPO / "Procfile")["web"]
+    run_env = env | {
+        "PORT": str(port),
+        "WEB_HOST": "127.0.0.1",
+        "CONTACTO_WEB_WORKERS": str(workers),
+        # bin/python: the interpreter running the tests, as `make run` and the demo set it.
+        "CONTACTO_PYTHON": sys.executable,
+    }
+    proc = GroupProc(["/bin/sh", "-c", entry.command], run_env, "web")
+    proc.wait_for("web.ready", count=workers)
     return proc
 
 

@@ -19,6 +19,7 @@ import yaml
 
 from common import procfile
 from common.names import ACTOR_QUEUES
+from config.settings import WebSettings
 
 REPO = Path(__file__).resolve().parents[2]
 WORKERS = ("balance", "charge", "retry", "relay")
@@ -77,6 +78,23 @@ def test_every_process_runs_the_repositorys_python() -> None:
     assert os.access(REPO / LAUNCHER, os.X_OK)
 
 
+def test_web_comes_first_and_listens_on_port_and_web_host() -> None:
+    """honcho sets PORT for every process, to its base port plus 100 per line before: the
+    first line gets PORT itself (the environment's, ./.env's, or honcho's 5000)."""
+    entries = procfile_entries()
+    assert next(iter(entries)) == "web"
+    web = entries["web"]
+    assert web.argv == (LAUNCHER, "-m", "web")
+    defaults = WebSettings()
+    assert web.env == {
+        "PORT": f"${{PORT:-{defaults.port}}}",
+        "WEB_HOST": f"${{WEB_HOST:-{defaults.host}}}",
+    }
+    assert procfile.expand(web.env["PORT"], {}) == "8000"
+    assert procfile.expand(web.env["WEB_HOST"], {}) == "127.0.0.1"
+    assert procfile.expand(web.env["PORT"], {"PORT": "5000"}) == "5000"
+
+
 def test_metrics_ports_and_directory_come_from_the_environment() -> None:
     entries = procfile_entries()
     for name, (variable, setting, default) in METRICS_PORTS.items():
@@ -97,24 +115,36 @@ def test_the_shell_runs_each_line_as_parsed(tmp_path: Path) -> None:
     fake = tmp_path / "fake-python"
     fake.write_text(
         '#!/bin/sh\nprintf "%s\\n" "$dramatiq_prom_port" "$dramatiq_prom_db" '
-        '"$CONTACTO_METRICS_PORT" "$@"\n'
+        '"$CONTACTO_METRICS_PORT" "$PORT" "$WEB_HOST" "$@"\n'
     )
     fake.chmod(0o755)
     env = {"PATH": os.environ["PATH"], "CONTACTO_PYTHON": str(fake)}
-    for overrides in ({}, {"CONTACTO_BALANCE_METRICS_PORT": "9291", "CONTACTO_PROM_DIR": "/p"}):
+    for overrides in (
+        {},
+        {"CONTACTO_BALANCE_METRICS_PORT": "9291", "CONTACTO_PROM_DIR": "/p"},
+        {"PORT": "5000", "WEB_HOST": "0.0.0.0"},
+    ):
         run_env = env | overrides
         for entry in procfile_entries().values():
             out = subprocess.run(
                 ["/bin/sh", "-c", entry.command], cwd=REPO, env=run_env,
                 capture_output=True, text=True, check=True, timeout=10,
             ).stdout.splitlines()  # fmt: skip
-            want = [
-                procfile.expand(entry.env.get(v, ""), run_env)
-                for v in ("dramatiq_prom_port", "dramatiq_prom_db", "CONTACTO_METRICS_PORT")
+            variables = ("dramatiq_prom_port", "dramatiq_prom_db", "CONTACTO_METRICS_PORT")
+            want = [procfile.expand(entry.env.get(v, ""), run_env) for v in variables]
+            # PORT and WEB_HOST: the line's own assignment, else what the environment had.
+            want += [
+                procfile.expand(entry.env[v], run_env) if v in entry.env else run_env.get(v, "")
+                for v in ("PORT", "WEB_HOST")
             ]
             assert out == [*want, *entry.argv[1:]], entry.name
-            if entry.name == "balance" and overrides:
+            if entry.name == "balance" and "CONTACTO_PROM_DIR" in overrides:
                 assert out[:2] == ["9291", "/p/balance"]
+            if entry.name == "web":
+                assert out[3:5] == [
+                    run_env.get("PORT", "8000"),
+                    run_env.get("WEB_HOST", "127.0.0.1"),
+                ]
 
 
 def test_the_launcher_finds_the_venv_without_activation() -> None:
@@ -175,10 +205,21 @@ def test_compose_publishes_the_procfile_ports_under_the_same_variables() -> None
         assert services[name]["ports"] == [f"${{{setting}:-{default}}}:{default}"], name
 
 
+def test_compose_serves_the_api_on_every_interface_of_its_container_only() -> None:
+    """Inside the container the API must listen on 0.0.0.0 for the published port to reach
+    it; the host publishes it where the Procfile binds it: WEB_HOST:PORT, loopback by
+    default."""
+    web = compose()["services"]["web"]
+    assert web["environment"]["PORT"] == "8000"
+    assert web["environment"]["WEB_HOST"] == "0.0.0.0"
+    assert web["ports"] == ["${WEB_HOST:-127.0.0.1}:${PORT:-8000}:8000"]
+    assert "/readyz" in " ".join(web["healthcheck"]["test"])
+
+
 def test_every_app_service_builds_the_dockerfile() -> None:
     services = compose()["services"]
     app = [n for n, s in services.items() if "build" in s]
-    assert set(app) == {*WORKERS, "migrate", "cli"}
+    assert set(app) == {*WORKERS, "web", "migrate", "cli"}
     for name in app:
         assert services[name]["build"] in (".", {"context": "."}), name
         assert services[name]["image"] == "contacto-billing:local"
