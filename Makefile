@@ -26,9 +26,6 @@ $(STAMP): pyproject.toml
 # with ./.env when there is one (honcho reads it, the migration too); DATABASE_URL and REDIS_URL
 # must answer. Some of them only: make run RUN_ARGS='balance relay'
 run: export CONTACTO_PYTHON = $(abspath $(BIN)/python)
-# honcho gives the Procfile's first line (web) its base port: PORT, or 8000 here (5000 is
-# honcho's own default). ./.env's PORT, if any, still wins (honcho reads it first).
-run: export PORT ?= 8000
 run: $(STAMP) ## migrate (db upgrade), then start every Procfile process with honcho
 	$(BIN)/honcho run $(BIN)/contacto-billing db upgrade
 	$(BIN)/honcho start $(RUN_ARGS)
@@ -44,7 +41,7 @@ test: $(STAMP) ## the tests: pytest -q (real PostgreSQL and Redis on 127.0.0.1)
 lint: $(STAMP) ## ruff check, ruff format --check, mypy (what CI and pre-commit run)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy common config workers tests bench web
+	$(BIN)/mypy common config workers tests bench
 
 # Mutation testing of pure modules against their own unit tests (docs/testing.md): mutmut, then
 # tools/mutate_constants.py; fails below 95 % killed. Slow (4-5 minutes on 2 cores), so not in
@@ -52,7 +49,10 @@ lint: $(STAMP) ## ruff check, ruff format --check, mypy (what CI and pre-commit 
 #   make mutation MUTATION_MODULES=common/usage/decode.py=tests/unit/test_usage_decode.py
 MUTATION_MODULES ?= \
 	common/recharge/policy.py=tests/unit/test_policy.py \
-	common/usage/decode.py=tests/unit/test_usage_decode.py
+	common/usage/decode.py=tests/unit/test_usage_decode.py \
+	common/money.py=tests/unit/test_money.py \
+	common/gateway/currencies.py=tests/unit/test_currencies.py \
+	common/recharge/limits.py=tests/unit/test_limits.py
 
 mutation: $(STAMP) ## mutation testing of the pure modules (slow: minutes; docs/testing.md)
 	$(BIN)/python tools/mutation.py $(MUTATION_MODULES)

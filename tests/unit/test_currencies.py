@@ -235,3 +235,107 @@ def test_every_sendable_amount_round_trips(currency: str, units: int) -> None:
     minor = units * step
     amount = Decimal(minor).scaleb(-exponent)
     assert to_gateway_amount(amount, currency) == minor
+
+
+# The whole refusal, for each rule: charge_refusal's text is what a refused setting or a failed
+# recharge run shows (prefixed by common/recharge/limits.py), so every word of it is the product.
+@pytest.mark.parametrize(
+    ("amount", "currency", "message"),
+    [
+        # A fraction finer than Stripe's minor unit.
+        (
+            "25.001",
+            "USD",
+            "amount 25.001 USD does not fit Stripe's minor unit for USD (2 decimal places)",
+        ),
+        (
+            "1000.5",
+            "JPY",
+            "amount 1000.5 JPY does not fit Stripe's minor unit for JPY (0 decimal places)",
+        ),
+        (
+            "25.50",
+            "MGA",
+            "amount 25.50 MGA does not fit Stripe's minor unit for MGA (0 decimal places)",
+        ),
+        (
+            "100.001",
+            "ISK",
+            "amount 100.001 ISK does not fit Stripe's minor unit for ISK (2 decimal places)",
+        ),
+        (
+            "1.2305",
+            "KWD",
+            "amount 1.2305 KWD does not fit Stripe's minor unit for KWD (3 decimal places)",
+        ),
+        (
+            "800.455",
+            "HUF",
+            "amount 800.455 HUF does not fit Stripe's minor unit for HUF (2 decimal places)",
+        ),
+        # Fine in the minor unit, but not a multiple of Stripe's step.
+        (
+            "100.5",
+            "ISK",
+            "amount 100.5 ISK is not a multiple of 1.00 ISK: Stripe needs its amount (10050) to be "
+            "a multiple of 100 for ISK",
+        ),
+        (
+            "0.99",
+            "UGX",
+            "amount 0.99 UGX is not a multiple of 1.00 UGX: Stripe needs its amount (99) to be "
+            "a multiple of 100 for UGX",
+        ),
+        (
+            "5.124",
+            "KWD",
+            "amount 5.124 KWD is not a multiple of 0.010 KWD: Stripe needs its amount (5124) to be "
+            "a multiple of 10 for KWD",
+        ),
+        (
+            "25.125",
+            "BHD",
+            "amount 25.125 BHD is not a multiple of 0.010 BHD: Stripe needs its amount (25125) to "
+            "be a multiple of 10 for BHD",
+        ),
+        # A malformed code.
+        ("1", "usd", "currency must be a 3-letter ISO 4217 code in capitals, got 'usd'"),
+    ],
+)
+def test_what_stripe_cannot_take_is_refused_with_the_whole_reason(
+    amount: str, currency: str, message: str
+) -> None:
+    with pytest.raises(MoneyError) as exc:
+        to_gateway_amount(Decimal(amount), currency)
+    assert str(exc.value) == message
+    assert charge_refusal(Decimal(amount), currency) == message
+
+
+@pytest.mark.parametrize("amount", ["NaN", "Infinity", "-Infinity", "sNaN"])
+def test_non_finite_amounts_are_refused_with_the_whole_reason(amount: str) -> None:
+    with pytest.raises(MoneyError) as exc:
+        to_gateway_amount(Decimal(amount), "USD")
+    assert str(exc.value) == f"amount {amount} USD is not a finite number"
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "message"),
+    [
+        ("0", "XYZ", "amount 0 XYZ must be greater than zero"),
+        ("0.00", "USD", "amount 0.00 USD must be greater than zero"),
+        ("-0.01", "USD", "amount -0.01 USD must be greater than zero"),
+        ("-100", "ISK", "amount -100 ISK must be greater than zero"),
+        ("0.49", "USD", "amount 0.49 USD is below Stripe's minimum charge of 0.50 USD"),
+        ("49", "JPY", "amount 49 JPY is below Stripe's minimum charge of 50 JPY"),
+        ("0.29", "GBP", "amount 0.29 GBP is below Stripe's minimum charge of 0.30 GBP"),
+        ("174.99", "HUF", "amount 174.99 HUF is below Stripe's minimum charge of 175.00 HUF"),
+    ],
+)
+def test_sign_and_minimum_refusals_are_whole(amount: str, currency: str, message: str) -> None:
+    assert charge_refusal(Decimal(amount), currency) == message
+
+
+def test_unlisted_currencies_are_plain_two_decimal() -> None:
+    unit = stripe_minor_unit("XYZ")
+    assert (unit.exponent, unit.step) == (2, 1)
+    assert stripe_minor_unit("USD") == stripe_minor_unit("EUR") == unit
