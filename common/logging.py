@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -27,11 +28,34 @@ _SECRET_VALUES = re.compile(
 REDACTED = "[redacted]"
 
 
+_ASCII_DIGITS = str.maketrans("", "", "0123456789")
+_CARD_MIN_DIGITS = 13
+
+
+def _may_hold_secret(text: str) -> bool:
+    """False only when `_SECRET_VALUES` cannot match: every key and token shape has an `_`,
+    `Bearer` has "earer", a card number has at least 13 digits. A log line holds a dozen
+    strings and the full pattern costs microseconds each: most lines need none of it."""
+    if not text.isascii():
+        return True  # \d matches other scripts' digits too: let the pattern decide
+    return (
+        "_" in text
+        or len(text) - len(text.translate(_ASCII_DIGITS)) >= _CARD_MIN_DIGITS
+        or "earer" in text.lower()
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _secret_key(key: str) -> bool:
+    # A program logs with few distinct keys: remember the answer instead of searching again.
+    return _SECRET_KEYS.search(key) is not None
+
+
 def scrub(value: Any) -> Any:
     if isinstance(value, str):
-        return _SECRET_VALUES.sub(REDACTED, value)
+        return _SECRET_VALUES.sub(REDACTED, value) if _may_hold_secret(value) else value
     if isinstance(value, dict):
-        return {k: REDACTED if _SECRET_KEYS.search(str(k)) else scrub(v) for k, v in value.items()}
+        return {k: REDACTED if _secret_key(str(k)) else scrub(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [scrub(v) for v in value]
     return value
@@ -41,10 +65,12 @@ def redact_secrets(
     _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     for key in list(event_dict):
-        if _SECRET_KEYS.search(key):
+        if _secret_key(key):
             event_dict[key] = REDACTED
         else:
-            event_dict[key] = scrub(event_dict[key])
+            value = event_dict[key]
+            if isinstance(value, str | dict | list | tuple):
+                event_dict[key] = scrub(value)
     return event_dict
 
 

@@ -142,6 +142,10 @@ class WebSettings(BaseSettings):
     )
     # One `http.request` log line per request (method, path, status, duration, request id).
     access_log: bool = Field(True, validation_alias="CONTACTO_WEB_ACCESS_LOG")
+    # An accepted bearer token is remembered this long by each web worker (0: never), so that
+    # a request needs no query to check it; a revocation still applies from the next request
+    # (web/token_cache.py).
+    token_cache_s: float = Field(60.0, ge=0, le=3600, validation_alias="CONTACTO_WEB_TOKEN_CACHE_S")
     # On SIGTERM: requests in progress get this long to finish, then connections are closed.
     shutdown_timeout_s: int = Field(5, ge=0, le=300, validation_alias="CONTACTO_WEB_SHUTDOWN_S")
 

@@ -94,6 +94,9 @@ def create_app(settings: Settings | None = None, web: WebSettings | None = None)
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan(settings, web),
+        # Our metrics and logs are our own (structlog, Prometheus); FastAPI's OpenTelemetry
+        # hooks would otherwise ask on every request whether a provider was configured.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     for router in routers():
         app.include_router(router)

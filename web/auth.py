@@ -42,16 +42,16 @@ def bearer_credentials(header: str | None) -> str | None:
     return value if scheme.lower() == "bearer" and value else None
 
 
-async def check(conn: asyncpg.Connection[Any], request: Request, scope: str) -> Caller:
-    """The request's caller, who must hold `scope`: else 401 or 403 (as ApiError)."""
-    header = request.headers.get("authorization")
-    presented = bearer_credentials(header)
-    if presented is None:
-        if header is None:
-            log.info("auth.refused", reason="missing")
-            raise _unauthorized("no bearer token: send Authorization: Bearer <token>")
-        log.info("auth.refused", reason="not_bearer")
-        raise _unauthorized("the Authorization header is not `Bearer <token>`", "invalid_request")
+def _refuse_missing(header: str | None) -> ApiError:
+    if header is None:
+        log.info("auth.refused", reason="missing")
+        return _unauthorized("no bearer token: send Authorization: Bearer <token>")
+    log.info("auth.refused", reason="not_bearer")
+    return _unauthorized("the Authorization header is not `Bearer <token>`", "invalid_request")
+
+
+async def authenticated(conn: asyncpg.Connection[Any], presented: str) -> Caller:
+    """The caller `presented` belongs to: else 401 (as ApiError)."""
     result = await authenticate(conn, presented)
     if result.caller is None:
         reason = result.refusal or Refusal.UNKNOWN
@@ -61,19 +61,24 @@ async def check(conn: asyncpg.Connection[Any], request: Request, scope: str) -> 
                 "malformed bearer token (expected cbt_<selector>_<secret>)", "invalid_token"
             )
         raise _unauthorized("invalid or revoked token", "invalid_token")
-    request.state.caller = result.caller
-    structlog.contextvars.bind_contextvars(caller=result.caller.name)
-    if scope not in result.caller.scopes:
+    return result.caller
+
+
+def admit(request: Request, caller: Caller, scope: str) -> Caller:
+    """`caller`, if it holds `scope`: else 403 (as ApiError)."""
+    request.state.caller = caller
+    structlog.contextvars.bind_contextvars(caller=caller.name)
+    if scope not in caller.scopes:
         log.info("auth.forbidden", scope=scope)
         raise ApiError(
             403,
             "forbidden",
-            f"token {result.caller.name!r} lacks the scope {scope}",
+            f"token {caller.name!r} lacks the scope {scope}",
             headers={
                 "WWW-Authenticate": f'{_CHALLENGE}, error="insufficient_scope", scope="{scope}"'
             },
         )
-    return result.caller
+    return caller
 
 
 class BearerToken(HTTPBearer):
@@ -94,5 +99,15 @@ class BearerToken(HTTPBearer):
         self.scope = scope
 
     async def __call__(self, request: Request) -> Caller:  # type: ignore[override]
-        async with resources(request).connection() as conn:
-            return await check(conn, request, self.scope)
+        header = request.headers.get("authorization")
+        presented = bearer_credentials(header)
+        if presented is None:
+            raise _refuse_missing(header)
+        found = resources(request)
+        caller = found.tokens.get(presented)
+        if caller is None:
+            generation = found.tokens.generation
+            async with found.connection() as conn:
+                caller = await authenticated(conn, presented)
+            found.tokens.put(presented, caller, generation)
+        return admit(request, caller, self.scope)

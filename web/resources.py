@@ -27,6 +27,7 @@ from fastapi import FastAPI, Request
 from common.broker.factory import build_broker
 from common.db.hotpool import HotPool
 from config.settings import Settings, WebSettings
+from web.token_cache import TokenCache
 
 log = structlog.get_logger("web")
 
@@ -41,6 +42,7 @@ class Resources:
     database: HotPool
     redis: aioredis.Redis
     broker: RedisBroker
+    tokens: TokenCache
 
     def connection(self) -> AbstractAsyncContextManager[asyncpg.Connection[Any]]:
         """A kept connection for one request (dropped and replaced if it failed)."""
@@ -66,10 +68,12 @@ def open_resources(settings: Settings, web: WebSettings) -> Resources:
         ),
         # The one broker factory, as every process; only `enqueue` is used here.
         broker=build_broker(settings),
+        tokens=TokenCache(settings.asyncpg_dsn, web.token_cache_s),
     )
 
 
 async def close_resources(resources: Resources) -> None:
+    await resources.tokens.close()
     resources.broker.close()
     await resources.redis.aclose()
     await resources.database.close()
@@ -80,6 +84,7 @@ def lifespan(settings: Settings, web: WebSettings) -> Any:
     async def run(app: FastAPI) -> AsyncIterator[None]:
         resources = open_resources(settings, web)
         app.state.resources = resources
+        resources.tokens.start()
         log.info("web.ready", url=f"http://{web.host}:{web.port}", pool_size=web.db_pool_size)
         try:
             yield

@@ -169,6 +169,9 @@ UPDATE api_tokens SET revoked_at = now()
 WHERE name = $1 AND revoked_at IS NULL
 RETURNING name, selector, scopes, created_at, last_used_at, revoked_at
 """
+# The web workers LISTEN here (web/token_cache.py); the payload is the revoked selector.
+TOKENS_CHANNEL: Final = "contacto_api_tokens"
+NOTIFY_REVOKED = "SELECT pg_notify($1, $2)"
 FIND_TOKEN = f"""
 SELECT id, name, secret_hash, scopes, revoked_at,
        last_used_at IS NULL OR last_used_at < now() - interval '{TOUCH_EVERY_S} seconds'
@@ -208,8 +211,12 @@ async def list_tokens(conn: asyncpg.Connection[Any]) -> list[TokenInfo]:
 
 
 async def revoke_token(conn: asyncpg.Connection[Any], name: str) -> TokenInfo:
-    """Revoke the live token named `name`: refused from its next request on."""
-    row = await conn.fetchrow(REVOKE_TOKEN, name)
+    """Revoke the live token named `name`: refused from its next request on (the NOTIFY, sent
+    at commit, tells the web workers to forget the tokens they remembered: web/token_cache.py)."""
+    async with conn.transaction():
+        row = await conn.fetchrow(REVOKE_TOKEN, name)
+        if row is not None:
+            await conn.execute(NOTIFY_REVOKED, TOKENS_CHANNEL, row["selector"])
     if row is None:
         raise TokenError(f"no live token named {name!r}")
     log.info("api_token.revoked", name=name, selector=row["selector"])

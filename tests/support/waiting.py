@@ -25,3 +25,18 @@ async def until(
         await asyncio.sleep(0.1)
         value = await probe()
     return value
+
+
+async def until_true(
+    predicate: Callable[[], bool],
+    *,
+    timeout_s: float = 10,
+    interval_s: float = 0.01,
+    what: str = "",
+) -> None:
+    """Wait for an in-process condition (set by a callback on the loop) to hold."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(interval_s)

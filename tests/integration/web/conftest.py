@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from common.credentials.tokens import SCOPES, create_token
 from config.settings import Settings, WebSettings
 from tests.support.factories import new_id
+from tests.support.waiting import until_true
 from web.app import create_app
 
 
@@ -30,6 +31,9 @@ async def app(test_settings: Settings, web_settings: WebSettings) -> AsyncIterat
     """The app with its resources open (on this test's broker namespace)."""
     application = create_app(test_settings, web_settings)
     async with application.router.lifespan_context(application):
+        # Every test runs with the token cache on, as the web process does.
+        tokens = application.state.resources.tokens
+        await until_true(lambda: tokens.listening, what="the token cache's listener")
         yield application
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from common.credentials.tokens import (
     SCOPE_ACCOUNTS_READ,
@@ -16,6 +17,7 @@ from common.credentials.tokens import (
 )
 from tests.integration.web.conftest import bearer, new_token
 from tests.support.factories import create_account, event, new_id
+from tests.support.waiting import until_true
 
 ROUTES = [
     ("GET", "/v1/accounts/{acct}"),
@@ -98,15 +100,20 @@ async def test_an_unknown_or_wrong_token_is_401(
         assert response.json()["error"]["message"] == "invalid or revoked token"
 
 
-async def test_a_revoked_token_is_401_from_its_next_request(
-    api: httpx.AsyncClient, conn: Any
+async def test_a_revoked_token_is_401_as_soon_as_the_workers_hear_of_it(
+    app: FastAPI, api: httpx.AsyncClient, conn: Any
 ) -> None:
     acct = new_id()
     await create_account(conn, acct)
     token = await new_token(conn)
     assert (await api.get(f"/v1/accounts/{acct}", headers=bearer(token))).status_code == 200
+    # Remembered by the worker: only the revocation's notification can make it forget.
+    assert app.state.resources.tokens.get(token) is not None
     name = next(t.name for t in await list_tokens(conn) if token.startswith(f"cbt_{t.selector}_"))
     await revoke_token(conn, name)
+    # The NOTIFY reaches the worker's listening connection in milliseconds.
+    tokens = app.state.resources.tokens
+    await until_true(lambda: tokens.get(token) is None, timeout_s=5, what="the notification")
     response = await api.get(f"/v1/accounts/{acct}", headers=bearer(token))
     assert_401(response, "invalid_token")
 
