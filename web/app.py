@@ -101,7 +101,12 @@ def create_app(settings: Settings | None = None, web: WebSettings | None = None)
     for router in routers():
         app.include_router(router)
     errors.install(app)
-    app.add_middleware(RequestContext, max_body_bytes=web.max_body_bytes, access_log=web.access_log)
+    app.add_middleware(
+        RequestContext,
+        max_body_bytes=web.max_body_bytes,
+        access_log=web.access_log,
+        slow_request_ms=web.slow_request_ms,
+    )
 
     def openapi() -> dict[str, Any]:
         return _openapi(app)

@@ -9,11 +9,13 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
+import structlog.testing
 from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
 from common.names import ACTOR_RECORD_USAGE, ACTOR_RECORD_USAGE_BATCH
-from config.settings import Settings, WebSettings, settings_problem
+from config.settings import AccessLog, Settings, WebSettings, settings_problem
 from tests.support.factories import event
 from web.__main__ import base_url, uvicorn_config
 from web.api.usage import decode_request, refusal
@@ -68,11 +70,46 @@ async def _ok(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-async def call(app: Any, **kwargs: Any) -> httpx.Response:
-    wrapped = RequestContext(app, max_body_bytes=1000, access_log=True)
+async def call(
+    app: Any, access_log: AccessLog = AccessLog.ALL, slow_request_ms: float = 250, **kwargs: Any
+) -> httpx.Response:
+    wrapped = RequestContext(
+        app, max_body_bytes=1000, access_log=access_log, slow_request_ms=slow_request_ms
+    )
     transport = httpx.ASGITransport(app=wrapped)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         return await client.post("/x", **kwargs)
+
+
+async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
+    await send({"type": "http.response.start", "status": 404, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+@pytest.mark.parametrize(
+    ("mode", "slow_request_ms", "logged"),
+    [
+        (AccessLog.ALL, 250, {"/ok", "/missing"}),
+        (AccessLog.ERRORS, 250, {"/missing"}),
+        (AccessLog.ERRORS, 0, {"/ok", "/missing"}),  # every request is "slow"
+        (AccessLog.OFF, 0, set()),
+    ],
+)
+async def test_which_requests_get_an_access_line(
+    mode: AccessLog, slow_request_ms: float, logged: set[str]
+) -> None:
+    def route(scope: Scope, receive: Receive, send: Send) -> Any:
+        return (_ok if scope["path"] == "/ok" else _not_found)(scope, receive, send)
+
+    with structlog.testing.capture_logs() as lines:
+        for path in ("/ok", "/missing"):
+            wrapped = RequestContext(
+                route, max_body_bytes=1000, access_log=mode, slow_request_ms=slow_request_ms
+            )
+            transport = httpx.ASGITransport(app=wrapped)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                await client.get(path)
+    assert {line["path"] for line in lines if line["event"] == "http.request"} == logged
 
 
 async def test_an_unexpected_error_is_a_json_500_with_the_request_id() -> None:
@@ -273,6 +310,7 @@ def test_the_usage_body_is_the_contracts(document: dict[str, Any]) -> None:
 def test_web_settings_defaults() -> None:
     web = WebSettings()
     assert (web.host, web.port) == ("127.0.0.1", 8000)
+    assert web.access_log is AccessLog.ERRORS
 
 
 @pytest.mark.parametrize("value", ["abc", "0", "70000", ""])

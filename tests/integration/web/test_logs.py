@@ -14,8 +14,15 @@ import pytest
 
 from common.credentials.tokens import parse_token
 from common.logging import configure_logging
+from config.settings import WebSettings
 from tests.integration.web.conftest import bearer
 from tests.support.factories import create_account, event, new_id
+
+
+@pytest.fixture
+def web_settings() -> WebSettings:
+    """Every request logged (the default logs only errors and slow requests)."""
+    return WebSettings(CONTACTO_WEB_ACCESS_LOG="all")
 
 
 @pytest.fixture
