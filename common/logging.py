@@ -112,3 +112,6 @@ def configure_logging(log_format: str = "json", level: int = logging.INFO) -> No
     # alembic.runtime.plugins: seven INFO lines each time alembic is imported.
     for noisy in ("httpx", "httpcore", "stripe", "alembic.runtime.plugins"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # pika warns of every channel the broker closes, a passive declare of a queue not yet made
+    # included; dramatiq reports the connection errors that matter itself.
+    logging.getLogger("pika").setLevel(logging.ERROR)

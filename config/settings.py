@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The public interface accepts both `postgresql://` and `postgresql+asyncpg://`.
 POSTGRESQL_SCHEMES = ("postgresql+asyncpg://", "postgresql://", "postgres://")
+BROKER_SCHEMES = ("amqp://", "amqps://", "redis://", "rediss://")
 
 
 class Settings(BaseSettings):
@@ -26,6 +27,9 @@ class Settings(BaseSettings):
         "postgresql://postgres@127.0.0.1:5432/contacto", validation_alias="DATABASE_URL"
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
+    # The workers' queues: unset, Redis at REDIS_URL (which also holds the event stream and the
+    # simulated gateway's state, whichever the broker); `amqp://…`: RabbitMQ.
+    broker_url: str | None = Field(None, validation_alias="BROKER_URL")
     payment_gateway: Literal["simulated", "stripe"] = Field(
         "simulated", validation_alias="PAYMENT_GATEWAY"
     )
@@ -89,6 +93,24 @@ class Settings(BaseSettings):
         if not value.startswith(POSTGRESQL_SCHEMES):
             raise ValueError("must be a postgresql:// URL")
         return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(BROKER_SCHEMES):
+            raise ValueError("must be an amqp://, amqps://, redis:// or rediss:// URL")
+        return value or None
+
+    @property
+    def broker_is_rabbitmq(self) -> bool:
+        return self.broker_url is not None and self.broker_url.startswith(("amqp://", "amqps://"))
+
+    @property
+    def broker_redis_url(self) -> str:
+        """The broker's Redis when it is Redis: BROKER_URL if it says redis, else REDIS_URL."""
+        return (
+            self.broker_url if self.broker_url and not self.broker_is_rabbitmq else self.redis_url
+        )
 
     @field_validator("min_recharge_amount", "max_recharge_amount", mode="before")
     @classmethod

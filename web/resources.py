@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import dramatiq
 import redis.asyncio as aioredis
 import structlog
-from dramatiq.brokers.redis import RedisBroker
 from fastapi import FastAPI, Request
 
 from common.broker.factory import build_broker
@@ -41,7 +41,7 @@ class Resources:
     web: WebSettings
     database: HotPool
     redis: aioredis.Redis
-    broker: RedisBroker
+    broker: dramatiq.Broker
     tokens: TokenCache
 
     def connection(self) -> AbstractAsyncContextManager[asyncpg.Connection[Any]]:

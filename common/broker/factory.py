@@ -20,6 +20,7 @@ from dramatiq.middleware import (
 )
 
 from common.broker.grouped_acks import GroupedAckRedisBroker
+from common.broker.rabbitmq import QuorumRabbitmqBroker
 from config.settings import Settings, get_settings
 
 # A recharge run may wait on a slow gateway several times; anything longer is stuck.
@@ -30,17 +31,52 @@ def build_broker(
     settings: Settings | None = None,
     *,
     extra_middleware: Iterable[Middleware] = (),
+    broker_class: type[RedisBroker] = GroupedAckRedisBroker,
+) -> dramatiq.Broker:
+    """The broker of BROKER_URL: RabbitMQ for amqp://, else Redis (BROKER_URL or REDIS_URL).
+
+    `broker_class`: on Redis, acks are grouped (common/broker/grouped_acks.py); the
+    benchmark's reference no-op worker passes dramatiq's stock RedisBroker.
+    """
+    settings = settings or get_settings()
+    if settings.broker_is_rabbitmq:
+        assert settings.broker_url is not None
+        return QuorumRabbitmqBroker(
+            url=settings.broker_url,
+            middleware=_middleware(settings, extra_middleware),
+            dead_message_ttl_ms=settings.dead_message_ttl_ms,
+        )
+    return build_redis_broker(
+        settings, extra_middleware=extra_middleware, broker_class=broker_class
+    )
+
+
+def build_redis_broker(
+    settings: Settings | None = None,
+    *,
+    extra_middleware: Iterable[Middleware] = (),
     client: Any = None,
     broker_class: type[RedisBroker] = GroupedAckRedisBroker,
 ) -> RedisBroker:
-    """Build a RedisBroker with explicit retry values.
-
-    `client` lets fast unit tests pass a fakeredis client; everything else uses REDIS_URL.
-    `broker_class`: acks are grouped (common/broker/grouped_acks.py); the benchmark's
-    reference no-op worker passes dramatiq's stock RedisBroker.
-    """
+    """The Redis broker whatever BROKER_URL says: for what only Redis has (tests' fakeredis
+    `client`, the key layout `queues` and `dlq` read)."""
     settings = settings or get_settings()
-    middleware: list[Middleware] = [
+    kwargs: dict[str, Any] = {
+        "middleware": _middleware(settings, extra_middleware),
+        "namespace": settings.broker_namespace,
+        "heartbeat_timeout": settings.broker_heartbeat_timeout_ms,
+        "maintenance_chance": settings.broker_maintenance_chance,
+        "dead_message_ttl": settings.dead_message_ttl_ms,
+    }
+    if client is not None:
+        kwargs["client"] = client
+    else:
+        kwargs["url"] = settings.broker_redis_url
+    return broker_class(**kwargs)
+
+
+def _middleware(settings: Settings, extra: Iterable[Middleware]) -> list[Middleware]:
+    return [
         AgeLimit(),
         TimeLimit(time_limit=ACTOR_TIME_LIMIT_MS),
         ShutdownNotifications(),
@@ -55,20 +91,8 @@ def build_broker(
         # it can therefore create engines on that loop in its own before_worker_boot.
         AsyncIO(),
         CurrentMessage(),
-        *extra_middleware,
+        *extra,
     ]
-    kwargs: dict[str, Any] = {
-        "middleware": middleware,
-        "namespace": settings.broker_namespace,
-        "heartbeat_timeout": settings.broker_heartbeat_timeout_ms,
-        "maintenance_chance": settings.broker_maintenance_chance,
-        "dead_message_ttl": settings.dead_message_ttl_ms,
-    }
-    if client is not None:
-        kwargs["client"] = client
-    else:
-        kwargs["url"] = settings.redis_url
-    return broker_class(**kwargs)
 
 
 def setup_broker(
@@ -76,7 +100,7 @@ def setup_broker(
     *,
     extra_middleware: Iterable[Middleware] = (),
     broker_class: type[RedisBroker] = GroupedAckRedisBroker,
-) -> RedisBroker:
+) -> dramatiq.Broker:
     """Build the broker and make it dramatiq's global one (worker modules call this first)."""
     broker = build_broker(settings, extra_middleware=extra_middleware, broker_class=broker_class)
     dramatiq.set_broker(broker)

@@ -59,7 +59,7 @@ def redis_location(url: str) -> str:
 def unreachable(settings: Settings, exc: Exception) -> str:
     text = str(exc).strip()
     reason = text.splitlines()[0] if text else type(exc).__name__
-    return f"cannot reach Redis at {redis_location(settings.redis_url)}: {reason}"
+    return f"cannot reach Redis at {redis_location(settings.broker_redis_url)}: {reason}"
 
 
 @contextmanager
@@ -75,7 +75,9 @@ def redis_errors(settings: Settings) -> Iterator[None]:
 def redis_client(settings: Settings) -> Iterator[redis.Redis]:
     """A client for one command; an unreachable Redis becomes a one-line SetupError."""
     # Short timeouts: an operator's command should fail fast rather than hang on a dead host.
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
+    client = redis.Redis.from_url(
+        settings.broker_redis_url, socket_connect_timeout=3, socket_timeout=10
+    )
     try:
         with redis_errors(settings):
             yield client

@@ -19,6 +19,7 @@ from common.broker.inspect import (
     purge_dead,
     requeue_dead,
 )
+from common.cli import _rabbitmq
 from common.cli._common import CliError, print_json
 from common.cli._connect import redis_client
 from common.cli._render import render_table, show, table_lines
@@ -99,6 +100,8 @@ def _summary(letter: DeadLetter) -> dict[str, Any]:
 
 def _list(args: argparse.Namespace) -> int:
     settings = get_settings()
+    if settings.broker_is_rabbitmq:
+        return _rabbitmq.dlq_list(args, settings)
     ns = settings.broker_namespace
     with redis_client(settings) as client:
         letters = dead_letters(client, ns, args.queue, limit=args.limit)
@@ -145,6 +148,8 @@ def _one(client: redis.Redis, ns: str, message_id: str, queue: str | None = None
 
 def _show(args: argparse.Namespace) -> int:
     settings = get_settings()
+    if settings.broker_is_rabbitmq:
+        return _rabbitmq.dlq_show(args, settings)
     with redis_client(settings) as client:
         letter = _one(client, settings.broker_namespace, args.message_id)
     whole = {
@@ -171,6 +176,8 @@ def _requeue(args: argparse.Namespace) -> int:
     if not args.all and args.target is None:
         raise CliError("give a MESSAGE_ID or --all")
     settings = get_settings()
+    if settings.broker_is_rabbitmq:
+        return _rabbitmq.dlq_requeue(args, settings)
     ns = settings.broker_namespace
     with redis_client(settings) as client:
         if args.all:
@@ -218,8 +225,11 @@ def _purge(args: argparse.Namespace) -> int:
             answer = ""
         if answer.strip() != expected:
             raise CliError("not confirmed; nothing purged")
-    with redis_client(settings) as client:
-        purged = purge_dead(client, ns, args.queue)
+    if settings.broker_is_rabbitmq:
+        purged = _rabbitmq.dlq_purge(args.queue, settings)
+    else:
+        with redis_client(settings) as client:
+            purged = purge_dead(client, ns, args.queue)
     if args.json:
         print_json({"namespace": ns, "purged": purged})
     else:

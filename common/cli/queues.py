@@ -15,6 +15,7 @@ from rich.live import Live
 from rich.text import Text
 
 from common.broker.inspect import live_workers, queue_stats
+from common.cli import _rabbitmq
 from common.cli._common import print_json
 from common.cli._connect import REDIS_ERRORS, redis_client, unreachable
 from common.cli._render import console, render_table, show
@@ -136,6 +137,8 @@ def stale_dead_letters(snap: dict[str, Any]) -> list[str]:
 
 def _queues(args: argparse.Namespace) -> int:
     settings = get_settings()
+    if settings.broker_is_rabbitmq:
+        return _rabbitmq.queues(args, settings)
     if not args.watch:
         with redis_client(settings) as client:
             snap = snapshot(client, settings)

@@ -18,8 +18,8 @@ from decimal import Decimal
 from typing import Any, TextIO
 
 import asyncpg
+import dramatiq
 import httpx
-from dramatiq.brokers.redis import RedisBroker
 
 from common.accounts.support import create_account, credit_account
 from common.broker.publish import usage_message
@@ -41,7 +41,7 @@ LADDER_DEBITS = ("10", "20", "30", "30", "20")
 @dataclass
 class Stage:
     conn: asyncpg.Connection[Any]
-    broker: RedisBroker
+    broker: dramatiq.Broker
     gateway: PaymentGateway
     settings: Settings
     timeline: Timeline

@@ -18,7 +18,6 @@ from typing import Any
 import asyncpg
 import dramatiq
 import structlog
-from dramatiq.brokers.redis import RedisBroker
 from redis import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -38,7 +37,7 @@ def message_id_for(outbox_id: int) -> str:
 
 @dataclass(slots=True)
 class Publisher:
-    broker: RedisBroker
+    broker: dramatiq.Broker
     redis: Redis
     stream: str
     stream_maxlen: int

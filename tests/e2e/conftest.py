@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import AsyncIterator
+
 import pytest
+import redis.asyncio as aioredis
+
+from common.gateway.simulated import delete_state
+from config.settings import Settings
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -12,3 +19,13 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def _services_ready(database: str, redis_cleanup: None) -> None:
     """The session's database migrated (dropped at the end), its Redis keys removed at the end."""
+
+
+@pytest.fixture
+async def sim_prefix(settings: Settings) -> AsyncIterator[str]:
+    """The simulated gateway's Redis prefix for one test, its state removed at the end."""
+    prefix = f"test-simgw-{uuid.uuid4().hex[:8]}"
+    yield prefix
+    client = aioredis.Redis.from_url(settings.redis_url)
+    await delete_state(client, prefix)
+    await client.aclose()

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from decimal import Decimal
 from typing import Any
@@ -16,7 +15,7 @@ import redis.asyncio as aioredis
 
 from common.broker.factory import build_broker
 from common.broker.publish import usage_message
-from common.gateway.simulated import SimulatedGateway, delete_state, inject_faults
+from common.gateway.simulated import SimulatedGateway, inject_faults
 from config.settings import Settings
 from tests.support import localstripe
 from tests.support.factories import balance_and_ledger, create_account, event, new_id
@@ -24,15 +23,6 @@ from tests.support.procs import Proc, dramatiq_worker, relay, worker_env
 from tests.support.waiting import until
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-async def sim_prefix(settings: Settings) -> AsyncIterator[str]:
-    prefix = f"test-simgw-{uuid.uuid4().hex[:8]}"
-    yield prefix
-    client = aioredis.Redis.from_url(settings.redis_url)
-    await delete_state(client, prefix)
-    await client.aclose()
 
 
 def stack_env(namespace: str, sim_prefix: str, **extra: str) -> dict[str, str]:

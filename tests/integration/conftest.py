@@ -9,7 +9,7 @@ import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from common.broker.factory import build_broker
+from common.broker.factory import build_redis_broker
 from config.settings import Settings
 from tests.support.stripe_double import double, localstripe  # noqa: F401  (fixtures)
 
@@ -35,6 +35,6 @@ def client(qsettings: Settings, namespace: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def broker(qsettings: Settings, client: redis.Redis) -> Iterator[RedisBroker]:
-    b = build_broker(qsettings)
+    b = build_redis_broker(qsettings)
     yield b
     b.client.close()

@@ -12,7 +12,7 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.errors import ConnectionClosed
 
-from common.broker.factory import build_broker
+from common.broker.factory import build_redis_broker
 from common.broker.grouped_acks import GroupedAckConsumer, GroupedAckRedisBroker
 from common.broker.publish import usage_message
 from common.names import QUEUE_USAGE
@@ -43,7 +43,7 @@ def _keys(broker: RedisBroker, namespace: str) -> dict[str, Any]:
 
 @pytest.fixture
 def broker(test_settings: Settings) -> Iterator[RedisBroker]:
-    broker = build_broker(test_settings)
+    broker = build_redis_broker(test_settings)
     yield broker
     broker.close()
 
@@ -69,7 +69,7 @@ def test_same_redis_state_as_dramatiq_own_ack(test_settings: Settings, acked: in
     for cls, suffix in ((RedisBroker, "stock"), (GroupedAckRedisBroker, "grouped")):
         namespace = f"{test_settings.broker_namespace}-{suffix}"
         settings = Settings(CONTACTO_BROKER_NAMESPACE=namespace)
-        broker = build_broker(settings, broker_class=cls)
+        broker = build_redis_broker(settings, broker_class=cls)
         consumer, messages = _fetch(broker, 5)
         for message in messages[:acked]:
             consumer.ack(message)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fakeredis
 from dramatiq.middleware import AsyncIO, Retries
 
-from common.broker.factory import build_broker
+from common.broker.factory import build_redis_broker
 from common.broker.publish import usage_batch_message, usage_message
 from common.names import ACTOR_RECORD_USAGE, QUEUE_USAGE
 from config.settings import Settings
@@ -13,7 +13,7 @@ from config.settings import Settings
 
 def test_factory_sets_explicit_retries_and_asyncio() -> None:
     settings = Settings(CONTACTO_RETRIES_MAX=7, CONTACTO_RETRIES_MIN_BACKOFF_MS=250)
-    broker = build_broker(settings, client=fakeredis.FakeRedis())
+    broker = build_redis_broker(settings, client=fakeredis.FakeRedis())
     retries = next(m for m in broker.middleware if isinstance(m, Retries))
     assert (retries.max_retries, retries.min_backoff) == (7, 250)
     kinds = [type(m) for m in broker.middleware]
@@ -21,7 +21,7 @@ def test_factory_sets_explicit_retries_and_asyncio() -> None:
 
 
 def test_usage_messages_are_the_contract_shape() -> None:
-    broker = build_broker(
+    broker = build_redis_broker(
         Settings(CONTACTO_BROKER_NAMESPACE="unit"),
         client=fakeredis.FakeRedis(),
     )
@@ -44,9 +44,9 @@ def test_usage_messages_are_the_contract_shape() -> None:
 
 def test_dead_letters_are_kept_thirty_days_unless_configured() -> None:
     """dramatiq's own default (7 days) would delete a dead-lettered debit before anyone looked."""
-    default = build_broker(Settings(), client=fakeredis.FakeRedis())
+    default = build_redis_broker(Settings(), client=fakeredis.FakeRedis())
     assert default.dead_message_ttl == 30 * 86_400_000
-    shorter = build_broker(
+    shorter = build_redis_broker(
         Settings(CONTACTO_DEAD_MESSAGE_TTL_DAYS="2.5"),
         client=fakeredis.FakeRedis(),
     )

@@ -1,0 +1,201 @@
+"""RabbitMQ, dramatiq's other first-class broker (`BROKER_URL=amqp://…`): the step past one
+Redis. The same actors, queues and middleware; what differs is here.
+
+* **Quorum queues** (Raft-replicated across a cluster's nodes): the work queue, its delay
+  queue (`.DQ`) and its dead-letter queue (`.XQ`) are declared `x-queue-type: quorum`, so a
+  node lost does not lose a queue. A queue already declared classic keeps its type: RabbitMQ
+  refuses to redeclare it, and the worker says so at start.
+* **Publisher confirms**: `enqueue` returns once RabbitMQ has the message (written to a quorum
+  of nodes); a message it could not route raises instead of vanishing. The relay marks an
+  outbox row sent only after that.
+* **Redelivery** needs no heartbeat or maintenance: RabbitMQ returns a dead consumer's
+  unacknowledged messages the moment its connection drops.
+* **Undecodable bytes** on a queue are nacked by dramatiq's consumer and RabbitMQ dead-letters
+  them, raw, into the `.XQ` queue (`dlq list`).
+* Namespaces are vhosts: `CONTACTO_BROKER_NAMESPACE` names Redis keys only; two deployments
+  on one RabbitMQ use two vhosts (the URL's path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.common import dq_name, xq_name
+
+QUORUM: dict[str, str] = {"x-queue-type": "quorum"}
+
+
+class QuorumRabbitmqBroker(RabbitmqBroker):
+    """dramatiq's RabbitMQ broker declaring quorum queues, with publisher confirms on."""
+
+    def __init__(self, *, url: str, dead_message_ttl_ms: int, **kwargs: Any) -> None:
+        super().__init__(url=url, confirm_delivery=True, **kwargs)
+        self.dead_message_ttl_ms = dead_message_ttl_ms
+
+    def _build_queue_arguments(self, queue_name: str) -> dict[str, Any]:
+        inherited: dict[str, Any] = super()._build_queue_arguments(queue_name)  # type: ignore[no-untyped-call]
+        return {**inherited, **QUORUM}
+
+    def _declare_xq_queue(self, queue_name: str) -> Any:
+        return self.channel.queue_declare(
+            queue=xq_name(queue_name),
+            durable=True,
+            # Static: RabbitMQ expires messages head first, in order of arrival.
+            arguments={"x-message-ttl": self.dead_message_ttl_ms, **QUORUM},
+        )
+
+
+@dataclass(frozen=True)
+class RabbitQueueStats:
+    queue: str
+    ready: int
+    delayed: int
+    dead: int
+    consumers: int
+
+
+@dataclass(frozen=True)
+class RabbitDeadLetter:
+    queue: str
+    message: dict[str, Any] | None  # None: the bytes are not a dramatiq message
+    raw: bytes
+
+    @property
+    def message_id(self) -> str | None:
+        found = (self.message or {}).get("message_id")
+        return None if found is None else str(found)
+
+    @property
+    def actor(self) -> str | None:
+        found = (self.message or {}).get("actor_name")
+        return None if found is None else str(found)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        found = (self.message or {}).get("options")
+        return found if isinstance(found, dict) else {}
+
+
+@contextlib.contextmanager
+def _channel(url: str) -> Iterator[Any]:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        yield connection.channel()
+    finally:
+        with contextlib.suppress(Exception):
+            connection.close()
+
+
+def _count(url: str, queue: str) -> tuple[int, int]:
+    """(messages ready, consumers) of `queue`; (0, 0) if it was never declared."""
+    try:
+        with _channel(url) as channel:
+            ok = channel.queue_declare(queue=queue, passive=True)
+            return int(ok.method.message_count), int(ok.method.consumer_count)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == 404:
+            return 0, 0
+        raise
+
+
+def queue_stats(url: str, queues: Sequence[str]) -> list[RabbitQueueStats]:
+    """What AMQP itself tells about each queue (no management plugin needed): messages ready,
+    held for a delay (`.DQ`: dramatiq's workers hold delayed messages unacked until due, so
+    those count as consumed here), dead (`.XQ`), and consumers."""
+    stats = []
+    for queue in queues:
+        ready, consumers = _count(url, queue)
+        delayed, _ = _count(url, dq_name(queue))
+        dead, _ = _count(url, xq_name(queue))
+        stats.append(RabbitQueueStats(queue, ready, delayed, dead, consumers))
+    return stats
+
+
+def dead_letters(url: str, queues: Sequence[str], limit: int) -> list[RabbitDeadLetter]:
+    """Up to `limit` dead letters per queue, read without removing them: each is fetched
+    unacknowledged and goes back to its queue when the channel closes."""
+    found: list[RabbitDeadLetter] = []
+    for queue in queues:
+        try:
+            with _channel(url) as channel:
+                for _ in range(limit):
+                    method, _props, body = channel.basic_get(xq_name(queue), auto_ack=False)
+                    if method is None:
+                        break
+                    found.append(RabbitDeadLetter(queue, _decode(body), bytes(body)))
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 404:
+                raise
+    return found
+
+
+def _decode(body: bytes) -> dict[str, Any] | None:
+    try:
+        message = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return message if isinstance(message, dict) else None
+
+
+def requeue_dead(
+    url: str, queues: Sequence[str], message_id: str | None
+) -> tuple[list[RabbitDeadLetter], list[RabbitDeadLetter]]:
+    """Move dead letters (one by dramatiq message id, or every one) back to their queue with a
+    fresh retry budget. Returns (moved, skipped): undecodable bytes stay where they are.
+
+    Each is published with a confirm before the dead copy is acknowledged: a crash in between
+    leaves a duplicate, which the actors absorb (they dedupe), never a loss."""
+    moved: list[RabbitDeadLetter] = []
+    skipped: list[RabbitDeadLetter] = []
+    for queue in queues:
+        try:
+            with _channel(url) as channel:
+                channel.confirm_delivery()
+                while True:
+                    method, _props, body = channel.basic_get(xq_name(queue), auto_ack=False)
+                    if method is None:
+                        break
+                    letter = RabbitDeadLetter(queue, _decode(body), bytes(body))
+                    wanted = message_id is None or letter.message_id == message_id
+                    if not wanted or letter.message is None:
+                        if wanted:
+                            skipped.append(letter)
+                        continue  # left unacknowledged: back in the queue when the channel closes
+                    fresh = dict(letter.message)
+                    fresh["options"] = {
+                        k: v
+                        for k, v in dict(fresh.get("options") or {}).items()
+                        if k not in ("retries", "traceback", "dead_reason")
+                    }
+                    channel.basic_publish(
+                        exchange="",
+                        routing_key=queue,
+                        body=json.dumps(fresh, separators=(",", ":")).encode(),
+                        properties=pika.BasicProperties(delivery_mode=2),
+                        mandatory=True,
+                    )
+                    channel.basic_ack(method.delivery_tag)
+                    moved.append(letter)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 404:
+                raise
+    return moved, skipped
+
+
+def purge_dead(url: str, queues: Sequence[str]) -> dict[str, int]:
+    purged: dict[str, int] = {}
+    for queue in queues:
+        try:
+            with _channel(url) as channel:
+                purged[queue] = int(channel.queue_purge(xq_name(queue)).method.message_count)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 404:
+                raise
+            purged[queue] = 0
+    return purged

@@ -1,0 +1,168 @@
+"""The pipeline on RabbitMQ (`BROKER_URL=amqp://…`): the same processes, each test in a vhost of
+its own (RabbitMQ's namespace), queues declared quorum."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pika
+import pytest
+
+from common.broker.factory import build_broker
+from common.broker.publish import usage_batch_message, usage_message
+from config.settings import Settings
+from tests.e2e.test_recharge_processes import (
+    assert_exactly_once,
+    charge_rows,
+    cli,
+    processes,
+    stack_env,
+)
+from tests.support.factories import balance_and_ledger, create_account, event, new_id
+from tests.support.procs import dramatiq_worker
+from tests.support.waiting import until
+
+pytestmark = pytest.mark.slow
+
+AMQP = "amqp://guest:guest@127.0.0.1:5672"
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def vhost() -> Iterator[str]:
+    """A vhost of the test's own: its queues start empty, and go with it."""
+    if shutil.which("rabbitmqctl") is None:
+        pytest.fail("rabbitmqctl not found: RabbitMQ must run on this machine (see .ci/run)")
+    name = f"contacto-test-{uuid.uuid4().hex[:8]}"
+    _rabbitmqctl("add_vhost", name)
+    try:
+        _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        yield name
+    finally:
+        _rabbitmqctl("delete_vhost", name)
+
+
+def rabbit_env(namespace: str, sim_prefix: str, vhost: str) -> dict[str, str]:
+    return stack_env(namespace, sim_prefix, BROKER_URL=f"{AMQP}/{vhost}")
+
+
+def queue_types(vhost: str) -> dict[str, str]:
+    out = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "type", "--formatter", "json"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    return {q["name"]: q["type"] for q in json.loads(out)}
+
+
+async def test_the_faq_example_on_rabbitmq_and_duplicates_debited_once(
+    conn: Any, namespace: str, sim_prefix: str, settings: Settings, vhost: str
+) -> None:
+    env = rabbit_env(namespace, sim_prefix, vhost)
+    faq, busy = new_id("faq"), new_id("busy")
+    await create_account(
+        conn, faq, balance="100", threshold="100", recharge="20", payment_method="pm_card_visa"
+    )
+    await create_account(conn, busy, balance="1000")
+    broker = build_broker(Settings(BROKER_URL=f"{AMQP}/{vhost}"))
+    spend = [event(busy, "1") for _ in range(40)]
+    with processes(env, "relay", "balance", "charge", "retry"):
+        broker.enqueue(usage_message(event(faq, "90")))
+        await until(
+            lambda: balance_and_ledger(conn, faq), lambda b: b[0] == 110, what="FAQ: five charges"
+        )
+        # Every event twice, singly and in a batch: debited once.
+        for ev in spend:
+            broker.enqueue(usage_message(ev))
+        broker.enqueue(usage_batch_message(spend))
+        await until(lambda: balance_and_ledger(conn, busy), lambda b: b[0] == 960, what="40 debits")
+    assert [c["status"] for c in await charge_rows(conn, faq)] == ["succeeded"] * 5
+    await assert_exactly_once(conn, settings, sim_prefix, faq)
+    balance, total, _ = await balance_and_ledger(conn, busy)
+    assert balance == total == 960
+    types = queue_types(vhost)
+    assert {types[q] for q in ("usage", "usage.DQ", "usage.XQ", "charges")} == {"quorum"}
+
+
+async def test_a_charge_worker_killed_after_the_gateway_call_is_redelivered_at_once(
+    conn: Any, namespace: str, sim_prefix: str, settings: Settings, vhost: str, tmp_path: Any
+) -> None:
+    """No heartbeat to wait for: RabbitMQ returns the dead consumer's message as its
+    connection drops, and the same idempotency key is replayed."""
+    acct = new_id()
+    await create_account(
+        conn, acct, balance="100", threshold="100", recharge="20", payment_method="pm_card_visa"
+    )
+    crash = {
+        "CONTACTO_CRASH_AT": "charge.after_gateway",
+        "CONTACTO_CRASH_MARKER": str(tmp_path / "crash"),
+    }
+    env = rabbit_env(namespace, sim_prefix, vhost)
+    broker = build_broker(Settings(BROKER_URL=f"{AMQP}/{vhost}"))
+    with processes(env, "relay", "balance"):
+        broker.enqueue(usage_message(event(acct, "90")))
+        charge = dramatiq_worker("workers.charge", "charges", env | crash, threads=4)
+        assert charge.wait_exit(timeout_s=60) != 0  # killed itself at the crash point
+        charge.stop()
+        with processes(env, "charge"):
+            await until(
+                lambda: balance_and_ledger(conn, acct),
+                lambda b: b[0] == 110,
+                timeout_s=60,
+                what="run completed after the crash",
+            )
+    rows = await charge_rows(conn, acct)
+    assert [c["status"] for c in rows] == ["succeeded"] * 5
+    assert rows[0]["gateway_calls"] == 2  # the same key, replayed once
+    await assert_exactly_once(conn, settings, sim_prefix, acct)
+
+
+async def test_undecodable_bytes_are_dead_lettered_raw_and_the_cli_reads_and_requeues(
+    conn: Any, namespace: str, sim_prefix: str, vhost: str
+) -> None:
+    env = rabbit_env(namespace, sim_prefix, vhost)
+    acct = new_id()
+    await create_account(conn, acct, balance="50")
+    broker = build_broker(Settings(BROKER_URL=f"{AMQP}/{vhost}"))
+
+    async def dead_letters() -> Any:
+        return _json(cli(env, "dlq", "list", "--json"))
+
+    with processes(env, "balance") as procs:  # the worker declares the queues
+        connection = pika.BlockingConnection(pika.URLParameters(f"{AMQP}/{vhost}"))
+        connection.channel().basic_publish(
+            "", "usage", b"\xff not json {", pika.BasicProperties(delivery_mode=2)
+        )
+        connection.close()
+        broker.enqueue(usage_message(event(acct, "1")))
+        await until(lambda: balance_and_ledger(conn, acct), lambda b: b[0] == 49, what="debit")
+        listed = await until(
+            dead_letters,
+            lambda out: out["total"] == 1,
+            what="the raw bytes dead-lettered",
+        )
+        assert procs["balance"].alive()
+    assert listed["messages"][0]["raw"].endswith("not json {")
+    queues = _json(cli(env, "queues", "--json"))
+    assert queues["broker"] == "rabbitmq"
+    assert {q["queue"]: q["dead"] for q in queues["queues"]}["usage"] == 1
+    # Undecodable bytes cannot go back to work; purge removes them.
+    requeued = _json(cli(env, "dlq", "requeue", "--all", "--json"))
+    assert requeued["requeued"] == [] and len(requeued["skipped"]) == 1
+    purged = _json(cli(env, "dlq", "purge", "--yes", "--json"))
+    assert purged["purged"]["usage"] == 1
+
+
+def _json(result: subprocess.CompletedProcess[str]) -> Any:
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
