@@ -3,15 +3,23 @@
 Wakes on the `contacto_outbox` notification (sent at commit) and polls every
 CONTACTO_RELAY_POLL_INTERVAL_S anyway, so rows left by a crash, or notified while the relay
 was down, go out too. Several relays may run: rows are claimed with SKIP LOCKED.
+
+Beside publishing, on clocks of their own (a backlog of rows must not starve them):
+dramatiq's broker maintenance every CONTACTO_BROKER_MAINTENANCE_INTERVAL_S, which gives a dead
+worker's unacknowledged messages back to their queue (common/broker/maintenance.py), and the
+reconciler every CONTACTO_RECONCILE_INTERVAL_S, which re-publishes the runs, failures and
+re-checks whose message the broker lost (common/recharge/reconcile.py).
 Run: `python -m workers.relay` (the Procfile's `relay`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -20,11 +28,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.broker.factory import build_broker
 from common.broker.inspect import queue_stats
+from common.broker.maintenance import run_maintenance
 from common.db.engine import create_engine, raw_connection
 from common.logging import configure_logging
 from common.metrics import metrics, serve
 from common.names import OUTBOX_CHANNEL
 from common.outbox.relay import Publisher, drain_once, outbox_lag, prune_sent
+from common.recharge.reconcile import ReconcileConfig, reconcile_once
 from config.settings import Settings
 from workers._startup import EXIT_NOT_STARTED, NotStarted, check_schema, load_settings
 
@@ -47,6 +57,20 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
     last_prune = last_gauges = 0.0
     if settings.metrics_port:
         serve(settings.metrics_port)
+    reconcile_config = ReconcileConfig.from_settings(settings)
+    maintenance_s = settings.broker_maintenance_interval_s
+    reconcile_s = settings.reconcile_interval_s
+
+    async def maintain() -> None:
+        await asyncio.to_thread(run_maintenance, publisher.broker)
+
+    async def reconcile() -> None:
+        await reconcile_once(engine, publisher.redis, settings.broker_namespace, reconcile_config)
+
+    clocks = [
+        asyncio.create_task(_every(maintenance_s, stop, "broker.maintenance_failed", maintain)),
+        asyncio.create_task(_every(reconcile_s, stop, "reconcile.failed", reconcile)),
+    ]
     try:
         async with raw_connection(engine) as listener:
 
@@ -54,7 +78,13 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
                 wake.set()
 
             await listener.add_listener(OUTBOX_CHANNEL, on_notify)
-            log.info("relay.started", poll_interval_s=settings.relay_poll_interval_s)
+            log.info(
+                "relay.started",
+                poll_interval_s=settings.relay_poll_interval_s,
+                maintenance_interval_s=settings.broker_maintenance_interval_s,
+                reconcile_interval_s=settings.reconcile_interval_s,
+                reconcile_after_s=settings.reconcile_after_s,
+            )
             while not stop.is_set():
                 wake.clear()
                 try:
@@ -74,9 +104,25 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
                 await _wait_any(wake, stop, settings.relay_poll_interval_s)
             await listener.remove_listener(OUTBOX_CHANNEL, on_notify)
     finally:
+        stop.set()
+        await asyncio.gather(*clocks, return_exceptions=True)
         publisher.redis.close()
         await engine.dispose()
         log.info("relay.stopped")
+
+
+async def _every(
+    interval_s: float, stop: asyncio.Event, failed: str, job: Callable[[], Awaitable[None]]
+) -> None:
+    """Run `job` every `interval_s` until `stop`; a failed run is logged and the clock goes on
+    (Redis or PostgreSQL away for a while must not stop the relay)."""
+    while not stop.is_set():
+        try:
+            await job()
+        except Exception:
+            log.exception(failed)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval_s)
 
 
 async def _update_gauges(engine: AsyncEngine, publisher: Publisher, settings: Settings) -> None:
