@@ -108,8 +108,16 @@ def worker_env(namespace: str, **extra: str) -> dict[str, str]:
 
 
 def dramatiq_worker(
-    module: str, queue: str, env: dict[str, str], *, processes: int = 1, threads: int = 8
+    module: str,
+    queue: str,
+    env: dict[str, str],
+    *,
+    processes: int = 1,
+    threads: int = 8,
+    ready: bool = True,
 ) -> Proc:
+    """`dramatiq MODULE`; returns once every worker process is ready, unless `ready` is False
+    (a supervisor restarting a worker does not wait for it either)."""
     argv = [
         sys.executable,
         "-m",
@@ -123,7 +131,8 @@ def dramatiq_worker(
         queue,
     ]
     proc = Proc(argv, env, module.rsplit(".", 1)[-1])
-    proc.wait_for("Worker process is ready for action", count=processes)
+    if ready:
+        proc.wait_for("Worker process is ready for action", count=processes)
     return proc
 
 
