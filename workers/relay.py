@@ -46,7 +46,8 @@ GAUGES_EVERY_S = 5.0
 async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
     """Raises NotStarted (logged) when the database is not there or not migrated."""
     await check_schema(settings, unreachable_is_fatal=True)
-    engine = create_engine(settings, pool_size=2)
+    # The LISTEN connection, a drain, a reconciler pass and the gauges may each hold one.
+    engine = create_engine(settings, pool_size=4)
     publisher = Publisher(
         broker=build_broker(settings),
         redis=Redis.from_url(settings.redis_url),
