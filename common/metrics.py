@@ -50,6 +50,12 @@ class Metrics:
         self.accounts_suspended = prom.Counter(
             "contacto_accounts_suspended_total", "Accounts suspended after the 0 % attempt."
         )
+        self.reconcile_republished = prom.Counter(
+            "contacto_reconcile_republished_total",
+            "Messages of unfinished work that the broker had lost, re-published by the "
+            "reconciler, by actor (run_recharge, record_failure, recheck_tier).",
+            ["kind"],
+        )
         # Gauges below are set by the relay process only (it is not a dramatiq worker).
         self.outbox_unsent = prom.Gauge(
             "contacto_outbox_unsent",

@@ -52,6 +52,14 @@ EVENT_RECHARGE_CAPPED: Final = "recharge.capped"
 EVENT_ACCOUNT_SUSPENDED: Final = "account.suspended"
 EVENT_ACCOUNT_REACTIVATED: Final = "account.reactivated"
 
+# The actors whose messages are our own work, re-published by the reconciler when a broker lost
+# them (common/recharge/reconcile.py); usage is the upstream's to publish again.
+RECONCILED_ACTORS: Final = (ACTOR_RUN_RECHARGE, ACTOR_RECORD_FAILURE, ACTOR_RECHECK_TIER)
+
+# PostgreSQL advisory lock (transaction-scoped) held by the reconciler's pass, so that two
+# relays never both re-publish the same work. The bytes of "reconcil".
+RECONCILE_LOCK_KEY: Final = 0x7265636F6E63696C
+
 # PostgreSQL NOTIFY channel the relay listens on; the transaction that writes an outbox row
 # notifies it, and the notification is delivered only on commit.
 OUTBOX_CHANNEL: Final = "contacto_outbox"

@@ -45,12 +45,31 @@ class Settings(BaseSettings):
     broker_namespace: str = Field("dramatiq", validation_alias="CONTACTO_BROKER_NAMESPACE")
     events_stream: str = Field("contacto:events", validation_alias="CONTACTO_EVENTS_STREAM")
     events_stream_maxlen: int = Field(1_000_000, validation_alias="CONTACTO_EVENTS_STREAM_MAXLEN")
-    # dramatiq redelivers a dead worker's unacked messages after this long without heartbeat.
+    # dramatiq redelivers a dead worker's unacked messages after this long without heartbeat
+    # (its default is 60 s). A live worker beats at least every second (its delay-queue consumer
+    # polls even while every thread is busy), so 15 s is many missed beats, not a slow message.
     broker_heartbeat_timeout_ms: int = Field(
-        60_000, validation_alias="CONTACTO_BROKER_HEARTBEAT_TIMEOUT_MS"
+        15_000, gt=0, validation_alias="CONTACTO_BROKER_HEARTBEAT_TIMEOUT_MS"
     )
+    # Per million broker commands, the chance that one also runs dramatiq's maintenance
+    # (requeue dead workers' messages, expire dead letters). The relay runs it on a clock
+    # (below), so the workers' dice are only a fallback for a deployment without a relay; each
+    # roll that hits runs a KEYS over the whole Redis database (docs/performance.md).
     broker_maintenance_chance: int = Field(
-        1000, validation_alias="CONTACTO_BROKER_MAINTENANCE_CHANCE"
+        100, ge=0, le=1_000_000, validation_alias="CONTACTO_BROKER_MAINTENANCE_CHANCE"
+    )
+    # The relay runs dramatiq's maintenance on every queue this often: a dead worker's messages
+    # are back on their queue within heartbeat timeout + this.
+    broker_maintenance_interval_s: float = Field(
+        5.0, gt=0, validation_alias="CONTACTO_BROKER_MAINTENANCE_INTERVAL_S"
+    )
+    # The reconciler (common/recharge/reconcile.py, run by the relay) re-publishes the message
+    # of a run, failure or re-check that is unfinished in the database, made no progress for
+    # this long, and whose message the broker no longer holds (a flushed or failed-over Redis).
+    reconcile_after_s: float = Field(60.0, gt=0, validation_alias="CONTACTO_RECONCILE_AFTER_S")
+    # How often the relay looks for such work.
+    reconcile_interval_s: float = Field(
+        10.0, gt=0, validation_alias="CONTACTO_RECONCILE_INTERVAL_S"
     )
     # dramatiq deletes dead letters older than this (its own default is 7 days): a dead-lettered
     # usage message is a debit not yet made, so the default leaves a month to notice and requeue.

@@ -3,28 +3,39 @@
 Wakes on the `contacto_outbox` notification (sent at commit) and polls every
 CONTACTO_RELAY_POLL_INTERVAL_S anyway, so rows left by a crash, or notified while the relay
 was down, go out too. Several relays may run: rows are claimed with SKIP LOCKED.
+
+Beside publishing, on clocks of their own (a backlog of rows must not starve them):
+dramatiq's broker maintenance every CONTACTO_BROKER_MAINTENANCE_INTERVAL_S, which gives a dead
+worker's unacknowledged messages back to their queue (common/broker/maintenance.py), and the
+reconciler every CONTACTO_RECONCILE_INTERVAL_S, which re-publishes the runs, failures and
+re-checks whose message the broker lost (common/recharge/reconcile.py).
 Run: `python -m workers.relay` (the Procfile's `relay`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
+from dramatiq.brokers.redis import RedisBroker
 from redis import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.broker.factory import build_broker
 from common.broker.inspect import queue_stats
+from common.broker.maintenance import run_maintenance
 from common.db.engine import create_engine, raw_connection
 from common.logging import configure_logging
 from common.metrics import metrics, serve
 from common.names import OUTBOX_CHANNEL
 from common.outbox.relay import Publisher, drain_once, outbox_lag, prune_sent
+from common.recharge.reconcile import ReconcileConfig, reconcile_once
 from config.settings import Settings
 from workers._startup import EXIT_NOT_STARTED, NotStarted, check_schema, load_settings
 
@@ -36,7 +47,8 @@ GAUGES_EVERY_S = 5.0
 async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
     """Raises NotStarted (logged) when the database is not there or not migrated."""
     await check_schema(settings, unreachable_is_fatal=True)
-    engine = create_engine(settings, pool_size=2)
+    # The LISTEN connection, a drain, a reconciler pass and the gauges may each hold one.
+    engine = create_engine(settings, pool_size=4)
     publisher = Publisher(
         broker=build_broker(settings),
         redis=Redis.from_url(settings.redis_url),
@@ -47,6 +59,29 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
     last_prune = last_gauges = 0.0
     if settings.metrics_port:
         serve(settings.metrics_port)
+    reconcile_config = ReconcileConfig.from_settings(settings)
+    maintenance_s = settings.broker_maintenance_interval_s
+    reconcile_s = settings.reconcile_interval_s
+
+    broker = publisher.broker
+    # The broker's own Redis (BROKER_URL may name another than REDIS_URL); RabbitMQ has none.
+    broker_redis = (
+        None if settings.broker_is_rabbitmq else Redis.from_url(settings.broker_redis_url)
+    )
+
+    async def maintain() -> None:
+        assert isinstance(broker, RedisBroker)
+        await asyncio.to_thread(run_maintenance, broker)
+
+    async def reconcile() -> None:
+        await reconcile_once(engine, broker_redis, settings.broker_namespace, reconcile_config)
+
+    clocks = [asyncio.create_task(_every(reconcile_s, stop, "reconcile.failed", reconcile))]
+    # RabbitMQ hands a dead consumer's messages back by itself: no maintenance to run.
+    if isinstance(broker, RedisBroker):
+        clocks.append(
+            asyncio.create_task(_every(maintenance_s, stop, "broker.maintenance_failed", maintain))
+        )
     try:
         async with raw_connection(engine) as listener:
 
@@ -54,7 +89,13 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
                 wake.set()
 
             await listener.add_listener(OUTBOX_CHANNEL, on_notify)
-            log.info("relay.started", poll_interval_s=settings.relay_poll_interval_s)
+            log.info(
+                "relay.started",
+                poll_interval_s=settings.relay_poll_interval_s,
+                maintenance_interval_s=settings.broker_maintenance_interval_s,
+                reconcile_interval_s=settings.reconcile_interval_s,
+                reconcile_after_s=settings.reconcile_after_s,
+            )
             while not stop.is_set():
                 wake.clear()
                 try:
@@ -70,24 +111,49 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
                     await prune_sent(engine)
                 if settings.metrics_port and time.monotonic() - last_gauges > GAUGES_EVERY_S:
                     last_gauges = time.monotonic()
-                    await _update_gauges(engine, publisher, settings)
+                    await _update_gauges(engine, broker_redis, settings)
                 await _wait_any(wake, stop, settings.relay_poll_interval_s)
             await listener.remove_listener(OUTBOX_CHANNEL, on_notify)
     finally:
+        stop.set()
+        await asyncio.gather(*clocks, return_exceptions=True)
         publisher.redis.close()
+        if broker_redis is not None:
+            broker_redis.close()
         await engine.dispose()
         log.info("relay.stopped")
 
 
-async def _update_gauges(engine: AsyncEngine, publisher: Publisher, settings: Settings) -> None:
-    """Outbox lag and queue depth, for dashboards: the relay already holds both connections."""
+async def _every(
+    interval_s: float, stop: asyncio.Event, failed: str, job: Callable[[], Awaitable[None]]
+) -> None:
+    """Run `job` every `interval_s` until `stop`; a failed run is logged and the clock goes on
+    (Redis or PostgreSQL away for a while must not stop the relay)."""
+    while not stop.is_set():
+        try:
+            await job()
+        except Exception:
+            log.exception(failed)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval_s)
+
+
+async def _update_gauges(
+    engine: AsyncEngine, broker_redis: Redis | None, settings: Settings
+) -> None:
+    """Outbox lag and queue depth, for dashboards: the relay already holds both connections.
+    On RabbitMQ the queue gauges are RabbitMQ's own (its Prometheus plugin)."""
     try:
         unsent, lag_s = await outbox_lag(engine)
-        stats = await asyncio.to_thread(
-            queue_stats,
-            publisher.redis,
-            settings.broker_namespace,
-            settings.broker_heartbeat_timeout_ms,
+        stats = (
+            []
+            if broker_redis is None
+            else await asyncio.to_thread(
+                queue_stats,
+                broker_redis,
+                settings.broker_namespace,
+                settings.broker_heartbeat_timeout_ms,
+            )
         )
     except Exception:
         log.exception("metrics.update_failed")

@@ -64,6 +64,10 @@ def build_redis_broker(
     kwargs: dict[str, Any] = {
         "middleware": _middleware(settings, extra_middleware),
         "namespace": settings.broker_namespace,
+        # 15 s and 100 per million by default, not dramatiq's 60 s and 1,000: the relay runs
+        # the maintenance that hands a dead worker's messages back on a clock
+        # (common/broker/maintenance.py), so recovery is bounded without rolling dice on
+        # every worker command (docs/performance.md, "Broker maintenance").
         "heartbeat_timeout": settings.broker_heartbeat_timeout_ms,
         "maintenance_chance": settings.broker_maintenance_chance,
         "dead_message_ttl": settings.dead_message_ttl_ms,

@@ -334,3 +334,36 @@ def purge_dead(client: redis.Redis, namespace: str, queue: str | None = None) ->
         pipe.delete(names.dead_letter_key(namespace, q), names.dead_letter_msgs_key(namespace, q))
         purged[q] = int(pipe.execute()[0])
     return purged
+
+
+@dataclass(frozen=True)
+class HeldMessages:
+    """What the broker holds of some queues, decoded (undecodable entries are left out)."""
+
+    # Delayed, ready or in flight (fetched, not yet acked, by a live or a dead worker): every
+    # such message is in its queue's message hash until it is acked or dead-lettered.
+    live: list[dict[str, Any]]
+    dead: list[dict[str, Any]]
+
+
+def held_messages(client: redis.Redis, namespace: str, queues: Iterable[str]) -> HeldMessages:
+    """The messages of `queues` the broker still holds, and their dead letters.
+
+    Read from the message hashes rather than the lists and ack sets: a message stays in its hash
+    from enqueue to ack, wherever its id is. The delay queue's hash is read before the queue's:
+    a delayed message that comes due is enqueued on the queue before it leaves the delay queue,
+    so it is seen at least once.
+    """
+    live: list[dict[str, Any]] = []
+    dead: list[dict[str, Any]] = []
+    for queue in queues:
+        for key, into in (
+            (names.queue_msgs_key(namespace, names.delay_queue(queue)), live),
+            (names.queue_msgs_key(namespace, queue), live),
+            (names.dead_letter_msgs_key(namespace, queue), dead),
+        ):
+            for _rid, raw in client.hscan_iter(key, count=1000):
+                message = _decode(raw)
+                if message is not None:
+                    into.append(message)
+    return HeldMessages(live, dead)

@@ -72,3 +72,8 @@ LAG = """
 SELECT count(*) AS n, extract(epoch FROM now() - min(created_at)) AS age
 FROM outbox WHERE sent_at IS NULL
 """
+# Messages committed but not yet published: the reconciler counts them as on their way.
+UNSENT_MESSAGES = """
+SELECT actor_name, payload FROM outbox
+WHERE sent_at IS NULL AND destination = 'queue' AND actor_name = ANY($1::text[])
+"""

@@ -151,3 +151,43 @@ async def mark_failed(
 def failed_at(charge: asyncpg.Record) -> datetime:
     at: datetime = charge["updated_at"]
     return at
+
+
+# --- the reconciler (common/recharge/reconcile.py) -------------------------------------------
+# One reconciler at a time, whatever the number of relays: the lock dies with the transaction.
+TRY_RECONCILE_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
+# Runs in flight with no progress for $1 seconds: not created, charged (every step of a charge
+# writes its updated_at) or re-published since. SKIP LOCKED: a run whose row a worker holds is
+# making progress, and the reconciler never waits on a worker's lock (nor can deadlock with one).
+STALE_RUNS = """
+SELECT r.id, r.account_id, r.state
+FROM recharge_runs r
+WHERE r.state IN ('pending', 'failing')
+  AND greatest(r.created_at, r.reconciled_at,
+               (SELECT max(c.updated_at) FROM charges c WHERE c.run_id = r.id))
+      < now() - make_interval(secs => $1)
+ORDER BY r.id
+LIMIT $2
+FOR UPDATE OF r SKIP LOCKED
+"""
+# Armed accounts whose re-check is overdue by $1 seconds: active, auto-recharge on, nothing in
+# flight, the armed level crossed ($3: the policy's fraction of T for tiers 1..4), the retry
+# interval ($2 seconds) passed since the failure, and not re-published since. Such an account
+# waits for a re-check that only a lost message could have failed to run.
+STALE_RECHECKS = """
+SELECT a.id
+FROM accounts a
+WHERE a.retry_tier > 0
+  AND a.status = 'active'
+  AND a.auto_recharge_enabled
+  AND a.auto_run_id IS NULL
+  AND a.balance <= a.balance_amount * ($3::numeric[])[a.retry_tier]
+  AND greatest(coalesce(a.last_failure_at + make_interval(secs => $2), '-infinity'),
+               a.recheck_reconciled_at)
+      < now() - make_interval(secs => $1)
+ORDER BY a.id
+LIMIT $4
+FOR UPDATE OF a SKIP LOCKED
+"""
+STAMP_RUNS = "UPDATE recharge_runs SET reconciled_at = now() WHERE id = ANY($1::bigint[])"
+STAMP_RECHECKS = "UPDATE accounts SET recheck_reconciled_at = now() WHERE id = ANY($1::text[])"

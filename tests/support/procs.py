@@ -95,6 +95,11 @@ def worker_env(namespace: str, **extra: str) -> dict[str, str]:
             "CONTACTO_BROKER_MAINTENANCE_CHANCE": "200000",
             "CONTACTO_RETRIES_MIN_BACKOFF_MS": "100",
             "CONTACTO_RETRIES_MAX_BACKOFF_MS": "2000",
+            # The session's database holds every test's runs, some left pending on purpose
+            # (a SIGKILLed charge worker): the reconciler waits past any test's length, so a
+            # relay never re-publishes another test's work. tests/e2e/test_recovery.py, on a
+            # database of its own, sets a short one.
+            "CONTACTO_RECONCILE_AFTER_S": "86400",
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -103,8 +108,16 @@ def worker_env(namespace: str, **extra: str) -> dict[str, str]:
 
 
 def dramatiq_worker(
-    module: str, queue: str, env: dict[str, str], *, processes: int = 1, threads: int = 8
+    module: str,
+    queue: str,
+    env: dict[str, str],
+    *,
+    processes: int = 1,
+    threads: int = 8,
+    ready: bool = True,
 ) -> Proc:
+    """`dramatiq MODULE`; returns once every worker process is ready, unless `ready` is False
+    (a supervisor restarting a worker does not wait for it either)."""
     argv = [
         sys.executable,
         "-m",
@@ -118,7 +131,8 @@ def dramatiq_worker(
         queue,
     ]
     proc = Proc(argv, env, module.rsplit(".", 1)[-1])
-    proc.wait_for("Worker process is ready for action", count=processes)
+    if ready:
+        proc.wait_for("Worker process is ready for action", count=processes)
     return proc
 
 

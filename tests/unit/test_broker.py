@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import dramatiq
 import fakeredis
 from dramatiq.middleware import AsyncIO, Retries
 
+from common import names
 from common.broker.factory import build_redis_broker
 from common.broker.publish import usage_batch_message, usage_message
-from common.names import ACTOR_RECORD_USAGE, QUEUE_USAGE
+from common.names import (
+    ACTOR_RECORD_USAGE,
+    ACTOR_RUN_RECHARGE,
+    QUEUE_CHARGES,
+    QUEUE_RETRIES,
+    QUEUE_USAGE,
+)
+from common.recharge.reconcile import broker_view, work_key
 from config.settings import Settings
 
 
@@ -51,3 +62,49 @@ def test_dead_letters_are_kept_thirty_days_unless_configured() -> None:
         client=fakeredis.FakeRedis(),
     )
     assert shorter.dead_message_ttl == 216_000_000
+
+
+def test_the_factory_defaults_bound_recovery_and_leave_maintenance_to_the_relay() -> None:
+    # Not dramatiq's 60 s and 1,000 per million (docs/performance.md, "Broker maintenance").
+    broker = build_redis_broker(Settings(), client=fakeredis.FakeRedis())
+    assert (broker.heartbeat_timeout, broker.maintenance_chance) == (15_000, 100)
+    assert Settings().broker_maintenance_interval_s == 5
+
+
+def test_the_reconciler_sees_what_the_broker_holds_and_what_is_dead() -> None:
+    # Given messages ready, delayed, in flight and dead, and one entry nobody can decode
+    client = fakeredis.FakeRedis()
+    broker = build_redis_broker(Settings(CONTACTO_BROKER_NAMESPACE="unit"), client=client)
+
+    def run(run_id: int) -> dramatiq.Message[Any]:
+        return dramatiq.Message(
+            queue_name=QUEUE_CHARGES,
+            actor_name=ACTOR_RUN_RECHARGE,
+            args=(),
+            kwargs={"run_id": run_id},
+            options={},
+        )
+
+    broker.enqueue(run(1))
+    broker.enqueue(run(2), delay=60_000)
+    broker.enqueue(run(3))
+    broker.enqueue(run(4))
+    consumer = broker.consume(QUEUE_CHARGES, prefetch=1, timeout=100)
+    first = next(consumer)  # run 1, now in flight
+    assert first is not None
+    client.hset(names.queue_msgs_key("unit", QUEUE_RETRIES), "junk", b"\xff not json")
+
+    # When the reconciler reads the broker
+    view = broker_view(client, "unit")
+
+    # Then every live copy counts as held, whatever its state; undecodable entries are ignored
+    assert view.held == {work_key(ACTOR_RUN_RECHARGE, {"run_id": i}) for i in (1, 2, 3, 4)}
+    assert view.dead == frozenset()
+
+    # And a dead-lettered one counts as dead, not held
+    nacker = broker.consume(QUEUE_CHARGES, prefetch=1, timeout=100)
+    [fetched] = [m for m in (next(nacker) for _ in range(3)) if m is not None]
+    nacker.nack(fetched)
+    view = broker_view(client, "unit")
+    dead = work_key(ACTOR_RUN_RECHARGE, {"run_id": fetched.kwargs["run_id"]})
+    assert dead in view.dead and dead not in view.held
