@@ -100,6 +100,8 @@ def worker_env(namespace: str, **extra: str) -> dict[str, str]:
             # relay never re-publishes another test's work. tests/e2e/test_recovery.py, on a
             # database of its own, sets a short one.
             "CONTACTO_RECONCILE_AFTER_S": "86400",
+            # As the Procfile: an idle consumer polls every 100 ms, not every second.
+            "dramatiq_worker_timeout": "100",
             "PYTHONUNBUFFERED": "1",
         }
     )

@@ -109,6 +109,15 @@ def test_metrics_ports_and_directory_come_from_the_environment() -> None:
     assert len({default for _v, _s, default in METRICS_PORTS.values()}) == len(METRICS_PORTS)
 
 
+def test_idle_dramatiq_consumers_poll_every_100_ms_in_the_procfile_and_compose() -> None:
+    """dramatiq's default idle poll is 1 s: the first message after a quiet spell waited up to
+    that long (docs/performance.md, "Latency")."""
+    services = compose()["services"]
+    for name in ("balance", "charge", "retry"):
+        assert procfile_entries()[name].env["dramatiq_worker_timeout"] == "100", name
+        assert services[name]["environment"]["dramatiq_worker_timeout"] == "100", name
+
+
 def test_the_shell_runs_each_line_as_parsed(tmp_path: Path) -> None:
     """What honcho does (`/bin/sh -c LINE` in the Procfile's directory), with a stand-in for
     the interpreter that prints its environment and arguments."""
