@@ -25,8 +25,9 @@ class AccountError(Exception):
 ACCOUNT_COLUMNS = """a.id, a.currency, a.balance, a.status, a.suspended_reason,
        a.auto_recharge_enabled, a.balance_amount, a.recharge_amount, a.recharge_mode,
        a.max_recharge_amount, a.retry_tier, a.last_failure_at, a.payment_method,
-       a.gateway_customer_id, a.auto_run_id, a.auto_run_id IS NOT NULL AS auto_run_in_flight"""
-ACCOUNT_COLUMN_COUNT = 16  # of ACCOUNT_COLUMNS: the debit statement pads its other rows to it
+       a.gateway_customer_id, a.auto_run_id, a.auto_run_id IS NOT NULL AS auto_run_in_flight,
+       a.low_balance_alert, a.low_balance_alerted"""
+ACCOUNT_COLUMN_COUNT = 18  # of ACCOUNT_COLUMNS: the debit statement pads its other rows to it
 LOCK_ACCOUNTS = f"""
 SELECT {ACCOUNT_COLUMNS},
        now() AS db_now
@@ -128,6 +129,50 @@ LEFT JOIN LATERAL (
 ) c ON true
 WHERE a.id = $1
 ORDER BY c.id
+"""
+# The console's history, newest first: the same pages before a cursor (an id, exclusive; the
+# largest bigint for the first page).
+FETCH_LEDGER_PAGE_NEWEST = """
+SELECT a.id AS account_id, l.id, l.kind, l.amount, l.balance_after, l.reference, l.memo,
+       l.created_at
+FROM accounts a
+LEFT JOIN LATERAL (
+    SELECT * FROM ledger_entries e WHERE e.account_id = a.id AND e.id < $2
+    ORDER BY e.id DESC LIMIT $3
+) l ON true
+WHERE a.id = $1
+ORDER BY l.id DESC
+"""
+FETCH_CHARGES_PAGE_NEWEST = """
+SELECT a.id AS account_id, c.id, c.run_id, c.kind, c.seq, c.amount, c.currency, c.status,
+       c.idempotency_key, c.failure_code, c.failure_message, c.created_at, c.updated_at
+FROM accounts a
+LEFT JOIN LATERAL (
+    SELECT ch.*, r.kind FROM charges ch JOIN recharge_runs r ON r.id = ch.run_id
+    WHERE ch.account_id = a.id AND ch.id < $2 ORDER BY ch.id DESC LIMIT $3
+) c ON true
+WHERE a.id = $1
+ORDER BY c.id DESC
+"""
+# The customer's low-balance alert level (None: no alert). Set below the current balance it
+# is armed; set at or above it, the balance is already low and nothing is announced until the
+# balance has been back above the level once.
+SET_LOW_BALANCE_ALERT = """
+UPDATE accounts SET low_balance_alert = $2, low_balance_alerted = (balance < $2) IS TRUE,
+                    updated_at = now()
+WHERE id = $1
+"""
+# The debit's half of balance.low (common/usage/debits.py): mark the crossing once.
+MARK_LOW_BALANCE_ALERTED = """
+UPDATE accounts SET low_balance_alerted = true
+WHERE id = $1 AND low_balance_alert IS NOT NULL AND NOT low_balance_alerted
+      AND balance < low_balance_alert
+RETURNING low_balance_alert, balance
+"""
+# A credit's half: back at or above the level, the next fall below it is a new crossing.
+REARM_LOW_BALANCE_ALERT = """
+UPDATE accounts SET low_balance_alerted = false
+WHERE id = $1 AND low_balance_alerted AND balance >= low_balance_alert
 """
 
 

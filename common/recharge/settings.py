@@ -22,6 +22,16 @@ from config.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
+class CardDisplay:
+    """What the card's owner recognises it by: never enough to charge it."""
+
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
+
+
+@dataclass(frozen=True, slots=True)
 class CardResult:
     customer_id: str
     payment_method: str
@@ -34,6 +44,7 @@ async def attach_card(
     account_id: str,
     payment_method: str,
     settings: Settings,
+    display: CardDisplay | None = None,
 ) -> CardResult:
     """Put a card on file; on a failing or suspended account, fire an attempt at once."""
     row = await conn.fetchrow(store.CUSTOMER_OF, account_id)
@@ -46,7 +57,15 @@ async def attach_card(
     async with conn.transaction():
         account = await require_account(conn, account_id)
         await conn.execute(
-            store.SET_CARD, account_id, attached.payment_method, attached.customer_id
+            store.SET_CARD,
+            account_id,
+            attached.payment_method,
+            attached.customer_id,
+            *(
+                (display.brand, display.last4, display.exp_month, display.exp_year)
+                if display is not None
+                else (None, None, None, None)
+            ),
         )
         run_id = None
         failing = account["retry_tier"] > 0 or account["status"] == "suspended"

@@ -1,0 +1,97 @@
+"""The console's protections that are not the session itself: CSRF tokens, the per-address
+login limit, and the response headers of every console page."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Final
+
+import redis.asyncio as aioredis
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from common.names import console_login_failures_key
+
+CSRF_FIELD: Final = "csrf_token"
+CSRF_HEADER: Final = "x-csrf-token"
+# The API and the probes answer JSON to machines: these headers are for pages a browser shows.
+_NOT_CONSOLE: Final = ("/v1/", "/healthz", "/readyz", "/openapi.json")
+
+
+def csrf_ok(expected: str, presented: str | None) -> bool:
+    """The synchronizer token check: the form's (or header's) token is the session's."""
+    return presented is not None and hmac.compare_digest(expected.encode(), presented.encode())
+
+
+def content_security_policy(stripe_js: bool) -> str:
+    scripts = "'self' https://js.stripe.com" if stripe_js else "'self'"
+    frames = "https://js.stripe.com https://hooks.stripe.com" if stripe_js else "'none'"
+    return "; ".join(
+        (
+            "default-src 'none'",
+            f"script-src {scripts}",
+            "style-src 'self'",
+            "img-src 'self' data:",
+            "connect-src 'self'" + (" https://api.stripe.com" if stripe_js else ""),
+            f"frame-src {frames}",
+            "form-action 'self'",
+            "base-uri 'none'",
+            # Nobody may frame a page that moves money (clickjacking).
+            "frame-ancestors 'none'",
+        )
+    )
+
+
+class ConsoleHeaders:
+    """Pure ASGI: the security headers on every console response (pages, redirects, JSON)."""
+
+    def __init__(self, app: ASGIApp, *, stripe_js: bool) -> None:
+        self.app = app
+        self.headers = [
+            (b"content-security-policy", content_security_policy(stripe_js).encode()),
+            (b"x-content-type-options", b"nosniff"),
+            (b"x-frame-options", b"DENY"),
+            (b"referrer-policy", b"same-origin"),
+            # Balances and CSRF tokens must not sit in a shared or back-button cache.
+            (b"cache-control", b"no-store"),
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(_NOT_CONSOLE):
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                names = {name for name, _ in message.get("headers", ())}
+                extra = [h for h in self.headers if h[0] not in names]
+                message["headers"] = [*message.get("headers", ()), *extra]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+class AddressLimit:
+    """Failed logins per client address in a fixed window (a Redis counter that expires)."""
+
+    def __init__(
+        self, redis: aioredis.Redis, namespace: str, max_failures: int, window_s: int
+    ) -> None:
+        self._redis = redis
+        self._namespace = namespace
+        self.max_failures = max_failures
+        self.window_s = window_s
+
+    def _key(self, address: str) -> str:
+        return console_login_failures_key(self._namespace, address)
+
+    async def blocked(self, address: str) -> bool:
+        count = await self._redis.get(self._key(address))
+        return count is not None and int(count) >= self.max_failures
+
+    async def failed(self, address: str) -> None:
+        key = self._key(address)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            # NX: the window starts at the first failure and is not stretched by later ones.
+            pipe.expire(key, self.window_s, nx=True)
+            await pipe.execute()
