@@ -240,7 +240,7 @@ async def test_a_suspended_account_sees_why_and_a_new_card_brings_it_back(
     page = await new_page(browser, stack["URL"])
     await first_login(page, username, temporary, prefix="suspended")
     await expect(page.get_by_text("Your account is suspended.")).to_be_visible()
-    await expect(page.get_by_text("Add a card that works")).to_be_visible()
+    await expect(page.get_by_text("Add a card that works below")).to_be_visible()
     await shot(page, "suspended-01-billing")
     await add_card(page, "4242424242424242")
     await expect(page.get_by_text("We are charging it now")).to_be_visible()

@@ -163,7 +163,7 @@ def _field(form: FormData, name: str) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _render(
+async def _render(
     request: Request,
     session: Session | None,
     template: str,
@@ -172,7 +172,9 @@ def _render(
 ) -> Response:
     flash = None
     if session is not None and session.flash:
+        # Shown once: the session forgets it as the page carrying it is rendered.
         flash, session.flash = session.flash, None
+        await _store(resources(request)).save(session)
     response = templates.TemplateResponse(
         request,
         template,
@@ -215,7 +217,9 @@ async def login_form(request: Request) -> Response:
     if session is None:
         session = _store(res).new()
         await _store(res).save(session)
-    return _set_cookie(request, _render(request, session, "login.html", {"error": None}), session)
+    return _set_cookie(
+        request, await _render(request, session, "login.html", {"error": None}), session
+    )
 
 
 @router.post("/login")
@@ -236,14 +240,14 @@ async def login_submit(request: Request) -> Response:
     )
     address = _client(request)
 
-    def refused(message: str, status: int) -> Response:
-        return _render(
+    async def refused(message: str, status: int) -> Response:
+        return await _render(
             request, session, "login.html", {"error": message, "username": username}, status
         )
 
     if await limit.blocked(address):
         log.warning("console.login_throttled")
-        return refused(TOO_MANY, 429)
+        return await refused(TOO_MANY, 429)
     account_id = (
         username.removeprefix(USERNAME_PREFIX) if username.startswith(USERNAME_PREFIX) else None
     )
@@ -255,16 +259,18 @@ async def login_submit(request: Request) -> Response:
     except (logins.UnknownAccountError, logins.NoCredentialsError):
         await asyncio.to_thread(passwords.verify_password, password[:1024], _DUMMY_HASH)
         await limit.failed(address)
-        return refused(GENERIC_LOGIN_ERROR, 401)
+        return await refused(GENERIC_LOGIN_ERROR, 401)
     except logins.WrongPasswordError:
         await limit.failed(address)
-        return refused(GENERIC_LOGIN_ERROR, 401)
+        return await refused(GENERIC_LOGIN_ERROR, 401)
     except logins.TooManyAttemptsError:
-        return refused(TOO_MANY, 429)
+        return await refused(TOO_MANY, 429)
     except logins.ExpiredError:
-        return refused("This temporary password has expired. Contact support for a new one.", 401)
+        return await refused(
+            "This temporary password has expired. Contact support for a new one.", 401
+        )
     except logins.AlreadyUsedError:
-        return refused(
+        return await refused(
             "This temporary password has already been used. If you did not finish changing "
             "your password, contact support for a new one.",
             401,
@@ -317,7 +323,7 @@ def _password_message(exc: CredentialsError) -> str:
 @router.get("/billing/change-password")
 async def change_password_form(request: Request) -> Response:
     session = await _page(request, changing_password=True)
-    return _render(request, session, "change_password.html", _policy_context(session, {}))
+    return await _render(request, session, "change_password.html", _policy_context(session, {}))
 
 
 def _policy_context(session: Session, errors: dict[str, str]) -> dict[str, Any]:
@@ -347,7 +353,7 @@ async def change_password_submit(request: Request) -> Response:
             )
     except CredentialsError as exc:
         errors = {_PASSWORD_FIELD.get(exc.code, "old_password"): _password_message(exc)}
-        return _render(
+        return await _render(
             request, session, "change_password.html", _policy_context(session, errors), 422
         )
     # Every other session of the account ends; this one lives on under a new id.
@@ -361,20 +367,25 @@ async def change_password_submit(request: Request) -> Response:
 # --- billing: balance, status, card, authentication ---------------------------------------------
 
 
-SUSPENSION_HELP: Final = {
-    "card": "Your last automatic recharges failed and your balance ran out. Add a card that "
-    "works: a recharge is attempted at once.",
-    "prepaid": "Your balance is at or below zero and auto-recharge is off. Turn auto-recharge on "
-    "or make a recharge on the Payments page.",
+# Why an account is suspended (accounts.suspended_reason, migration 0005), in the customer's
+# words, and what brings it back.
+SUSPENSION: Final = {
+    "ladder": (
+        "Your card was declined on every automatic recharge and your balance ran out.",
+        "Add a card that works below: we charge it at once and your account comes back.",
+    ),
+    "no_auto_recharge": (
+        "Your balance is at or below zero and auto-recharge is off.",
+        "Make a recharge or turn auto-recharge on, on the Payments page.",
+    ),
 }
 
 
 def _suspension(view: Mapping[str, Any]) -> dict[str, str] | None:
     if view["status"] != "suspended":
         return None
-    reason = view.get("suspended_reason") or ""
-    kind = "card" if view["retry_tier"] > 0 or "fail" in reason else "prepaid"
-    return {"reason": reason.replace("_", " "), "help": SUSPENSION_HELP[kind]}
+    why, fix = SUSPENSION.get(view.get("suspended_reason") or "", SUSPENSION["ladder"])
+    return {"reason": why, "help": fix}
 
 
 async def _view(res: Resources, account_id: str) -> dict[str, Any]:
@@ -387,7 +398,7 @@ async def billing(request: Request) -> Response:
     res = resources(request)
     session = await _page(request)
     view = await _view(res, _account(session))
-    return _render(request, session, "billing.html", _billing_context(res, view, {}))
+    return await _render(request, session, "billing.html", _billing_context(res, view, {}))
 
 
 def _billing_context(
@@ -425,11 +436,11 @@ async def add_card(request: Request) -> Response:
     except CardInputError as exc:
         view = await _view(res, account_id)
         ctx = _billing_context(res, view, {exc.field: str(exc)})
-        return _render(request, session, "billing.html", ctx, 422)
+        return await _render(request, session, "billing.html", ctx, 422)
     except CardRejected as exc:
         view = await _view(res, account_id)
         ctx = _billing_context(res, view, {"card_number": exc.message})
-        return _render(request, session, "billing.html", ctx, 422)
+        return await _render(request, session, "billing.html", ctx, 422)
     log.info("console.card_added", account_id=account_id, attempt_run_id=result.attempt_run_id)
     text = (
         f"Your {BRAND_NAMES.get(card.display.brand, card.display.brand)} ending in "
@@ -447,7 +458,7 @@ async def authenticate_form(request: Request) -> Response:
     view = await _view(res, _account(session))
     if view["awaiting_authentication"] is None:
         raise Redirect("/billing")
-    return _render(request, session, "authenticate.html", {"view": view, "active": "billing"})
+    return await _render(request, session, "authenticate.html", {"view": view, "active": "billing"})
 
 
 @router.post("/billing/authenticate")
@@ -519,7 +530,7 @@ async def payments(request: Request) -> Response:
     ctx = _payments_context(res, view, {}, {})
     run = request.query_params.get("run")
     ctx["run_id"] = int(run) if run and run.isdigit() and len(run) < 19 else None
-    return _render(request, session, "payments.html", ctx)
+    return await _render(request, session, "payments.html", ctx)
 
 
 def _plain(amount: Decimal | None) -> str:
@@ -536,10 +547,26 @@ def _amount(text: str, field: str) -> Decimal:
         raise AccountError(f"{field}: enter an amount such as 25 or 25.50") from None
 
 
-def _limit_message(exc: Exception) -> str:
+def short_amount(amount: Decimal) -> str:
+    """25 rather than 25.00, 10,000 rather than 10000.00: how the FAQ writes its limits."""
+    whole = amount == amount.to_integral_value()
+    return f"{int(amount):,}" if whole else f"{amount:,.2f}"
+
+
+templates.env.filters["short"] = short_amount
+
+
+def _limit_message(exc: Exception, res: Resources | None = None, account_max: Any = None) -> str:
+    """The limits' refusal (common/recharge/limits.py) in the FAQ's words."""
     text = str(exc)
-    if "maximum" in text or "above" in text:
-        return f"{text}. To recharge more than the maximum, contact support."
+    if res is not None and "below the minimum" in text:
+        return f"The minimum recharge is {short_amount(res.settings.min_recharge_amount)}."
+    if res is not None and "above the maximum" in text:
+        maximum = effective_max(res.settings.max_recharge_amount, account_max)
+        return (
+            f"The maximum recharge is {short_amount(maximum)}. To recharge more than the "
+            "maximum, contact support."
+        )
     return text[:1].upper() + text[1:]
 
 
@@ -575,7 +602,8 @@ async def save_auto_recharge(request: Request) -> Response:
                     mode=mode,
                 )
         except LimitError as exc:
-            errors["recharge_amount"] = _limit_message(exc)
+            view = await _view(res, account_id)
+            errors["recharge_amount"] = _limit_message(exc, res, view["max_recharge_amount"])
         except (AccountError, ValueError) as exc:
             field = "balance_amount" if "balance" in str(exc) else "recharge_amount"
             errors[field] = _limit_message(exc)
@@ -583,7 +611,7 @@ async def save_auto_recharge(request: Request) -> Response:
         view = await _view(res, account_id)
         ctx = _payments_context(res, view, errors, values)
         ctx["run_id"] = None
-        return _render(request, session, "payments.html", ctx, 422)
+        return await _render(request, session, "payments.html", ctx, 422)
     log.info("console.auto_recharge_saved", account_id=account_id, enabled=enabled)
     text = "Auto-recharge is on." if enabled else "Auto-recharge is off."
     return await _flash_redirect(request, session, "/payments", text)
@@ -604,7 +632,7 @@ async def save_alert(request: Request) -> Response:
         view = await _view(res, account_id)
         ctx = _payments_context(res, view, {"alert_level": _limit_message(exc)}, {})
         ctx["run_id"] = None
-        return _render(request, session, "payments.html", ctx, 422)
+        return await _render(request, session, "payments.html", ctx, 422)
     message = "Low-balance alert removed." if level is None else "Low-balance alert saved."
     return await _flash_redirect(request, session, "/payments", message)
 
@@ -628,7 +656,8 @@ async def manual_recharge(request: Request) -> Response:
         async with res.connection() as conn:
             run_id = await request_manual_recharge(conn, account_id, amount, res.settings)
     except (AccountError, LimitError, ValueError) as exc:
-        message = _limit_message(exc)
+        view = await _view(res, account_id)
+        message = _limit_message(exc, res, view["max_recharge_amount"])
         if "no card on file" in message:
             message = "Add a card on the Billing page first."
         if scripted:
@@ -708,7 +737,7 @@ async def history(request: Request) -> Response:
         charges = await charges_page_newest(
             conn, account_id, before=charges_before, limit=HISTORY_PAGE
         )
-    return _render(
+    return await _render(
         request,
         session,
         "history.html",
