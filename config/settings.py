@@ -162,6 +162,13 @@ class WebSettings(BaseSettings):
     )
     # Stripe.js Elements on the Billing page (PAYMENT_GATEWAY=stripe); public by design.
     stripe_publishable_key: str | None = Field(None, validation_alias="STRIPE_PUBLISHABLE_KEY")
+    # Where the console loads Stripe.js from (its origin is allowed by the pages' CSP); tests
+    # point it at localstripe's double.
+    stripe_js_url: str = Field(
+        "https://js.stripe.com/v3/",
+        pattern=r"^https?://[^/\s]+/\S*$",
+        validation_alias="CONTACTO_STRIPE_JS_URL",
+    )
 
 
 # Their values may carry a password: an error names the variable, never echoes the value.

@@ -98,7 +98,7 @@ def create_app(settings: Settings | None = None, web: WebSettings | None = None)
     for router in routers():
         app.include_router(router)
     errors.install(app)
-    console.install(app, settings)
+    console.install(app, settings, web)
     app.add_middleware(RequestContext, max_body_bytes=web.max_body_bytes, access_log=web.access_log)
 
     def openapi() -> dict[str, Any]:

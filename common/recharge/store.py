@@ -69,6 +69,11 @@ UPDATE accounts SET payment_method = $2, gateway_customer_id = $3, card_brand = 
                     card_last4 = $5, card_exp_month = $6, card_exp_year = $7, updated_at = now()
 WHERE id = $1
 """
+# The gateway customer made for a card setup, kept unless one was kept meanwhile.
+KEEP_CUSTOMER = """
+UPDATE accounts SET gateway_customer_id = $2, updated_at = now()
+WHERE id = $1 AND gateway_customer_id IS NULL
+"""
 AUTO_RECHARGE_OFF = """
 UPDATE accounts SET auto_recharge_enabled = false, updated_at = now() WHERE id = $1
 """

@@ -29,6 +29,7 @@ from common.broker.publish import usage_message
 from common.credentials.logins import issue_temporary
 from config.settings import Settings
 from tests.e2e.browser import DESKTOP, PHONE, chromium, screenshots_dir
+from tests.support import localstripe
 from tests.support.factories import create_account, event, new_id
 from tests.support.localstripe import free_port
 from tests.support.procs import Proc, dramatiq_worker, relay, web, worker_env
@@ -304,3 +305,48 @@ async def test_the_pages_fit_a_390px_phone(
     await page.get_by_role("button", name="Log out").click()
     await expect(page).to_have_url(re.compile(r"/login$"))
     await shot(page, "phone-login")
+
+
+async def test_with_stripe_the_card_goes_through_a_setup_intent_and_stripe_js(
+    browser: Browser, conn: Any, settings: Settings
+) -> None:
+    """PAYMENT_GATEWAY=stripe against localstripe, whose Stripe.js double the page loads: the
+    card is typed into Stripe's element, confirmed with Stripe, and only the SetupIntent's id
+    reaches the web process, which puts its payment method on file."""
+    with localstripe.run_localstripe() as ls:
+        env = worker_env(
+            f"{NAMESPACE_PREFIX}-{uuid.uuid4().hex[:8]}",
+            PAYMENT_GATEWAY="stripe",
+            STRIPE_API_KEY=ls.api_key,
+            STRIPE_API_BASE=ls.api_base,
+            STRIPE_PUBLISHABLE_KEY="pk_test_contacto_localstripe",
+            CONTACTO_STRIPE_JS_URL=f"{ls.api_base}/js.stripe.com/v3/",
+        )
+        port = free_port()
+        proc = web(env, port, workers=1)
+        try:
+            account, username, temporary = await customer(conn, "60")
+            page = await new_page(browser, f"http://127.0.0.1:{port}")
+            await first_login(page, username, temporary, prefix="stripe")
+            element = page.locator("#card-element")
+            await element.get_by_placeholder("number").fill("4242424242424242")
+            await element.get_by_placeholder("exp_month").fill("12")
+            await element.get_by_placeholder("exp_year").fill("34")
+            await element.get_by_placeholder("cvc").fill("123")
+            await element.get_by_placeholder("postal_code").fill("94107")
+            await shot(page, "stripe-01-billing-elements")
+            await page.get_by_role("button", name="Add New Card").click()
+            await expect(page.get_by_text("•••• 4242")).to_be_visible(timeout=15_000)
+            await shot(page, "stripe-02-billing-card")
+            row = await account_row(conn, account)
+            assert row["payment_method"].startswith("pm_")
+            assert row["gateway_customer_id"].startswith("cus_")
+            assert (row["card_brand"], row["card_last4"], row["card_exp_month"]) == (
+                "visa",
+                "4242",
+                12,
+            )
+        finally:
+            proc.stop()
+        # The number never reached the web process, not even its log.
+        assert "4242424242424242" not in proc.output()

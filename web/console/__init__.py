@@ -14,15 +14,16 @@ from typing import Final
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from config.settings import Settings
+from config.settings import Settings, WebSettings
 from web.console.routes import install_errors, router
 from web.console.security import ConsoleHeaders
 
 STATIC_DIR: Final = Path(__file__).parent / "static"
 
 
-def install(app: FastAPI, settings: Settings) -> None:
+def install(app: FastAPI, settings: Settings, web: WebSettings) -> None:
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     install_errors(app)
-    app.add_middleware(ConsoleHeaders, stripe_js=settings.payment_gateway == "stripe")
+    stripe = settings.payment_gateway == "stripe"
+    app.add_middleware(ConsoleHeaders, stripe_js_url=web.stripe_js_url if stripe else None)

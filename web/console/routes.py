@@ -34,13 +34,19 @@ from common.accounts.support import (
 )
 from common.credentials import logins, passwords
 from common.credentials.logins import USERNAME_PREFIX, CredentialsError
-from common.gateway.base import CardRejected
+from common.gateway.base import CardRejected, GatewayError
 from common.gateway.simulated import SimulatedGateway
+from common.gateway.stripe_gateway import StripeGateway
 from common.money import format_amount, parse_amount
 from common.recharge.limits import LimitError, effective_max
 from common.recharge.manual import FINAL_RUN_STATES, request_manual_recharge, run_summary
 from common.recharge.policy import RechargeMode
-from common.recharge.settings import attach_card, set_auto_recharge
+from common.recharge.settings import (
+    attach_card,
+    finish_card_setup,
+    set_auto_recharge,
+    start_card_setup,
+)
 from web.console.cards import BRAND_NAMES, CardInputError, parse_card
 from web.console.security import CSRF_FIELD, CSRF_HEADER, AddressLimit, csrf_ok
 from web.console.sessions import Session, SessionStore
@@ -410,6 +416,7 @@ def _billing_context(
         "errors": errors,
         "gateway": res.settings.payment_gateway,
         "stripe_key": res.web.stripe_publishable_key,
+        "stripe_js_url": res.web.stripe_js_url,
         "active": "billing",
     }
 
@@ -445,6 +452,62 @@ async def add_card(request: Request) -> Response:
     text = (
         f"Your {BRAND_NAMES.get(card.display.brand, card.display.brand)} ending in "
         f"{card.display.last4} is now your card on file."
+    )
+    if result.attempt_run_id is not None:
+        text += " We are charging it now to bring your account back."
+    return await _flash_redirect(request, session, "/billing", text)
+
+
+@router.post("/billing/card/setup")
+async def card_setup(request: Request) -> Response:
+    """PAYMENT_GATEWAY=stripe: a SetupIntent's client secret for Stripe.js (posted by the
+    page's script, the CSRF token in a header)."""
+    res = resources(request)
+    session = await _page(request)
+    if not csrf_ok(session.csrf, request.headers.get(CSRF_HEADER)):
+        raise CsrfRefused
+    gateway = res.gateway()
+    if not isinstance(gateway, StripeGateway):
+        return JSONResponse({"error": "card setup needs PAYMENT_GATEWAY=stripe"}, status_code=409)
+    try:
+        async with res.connection() as conn:
+            secret = await start_card_setup(conn, gateway, _account(session))
+    except GatewayError:
+        log.warning("console.card_setup_failed", account_id=_account(session))
+        return JSONResponse(
+            {"error": "Our payment processor did not answer. Please try again."}, status_code=502
+        )
+    return JSONResponse({"client_secret": secret})
+
+
+@router.post("/billing/card/confirmed")
+async def card_confirmed(request: Request) -> Response:
+    """PAYMENT_GATEWAY=stripe: Stripe.js confirmed the SetupIntent; its card goes on file."""
+    res = resources(request)
+    session = await _page(request)
+    form = await _form(request, session)
+    account_id = _account(session)
+    gateway = res.gateway()
+    setup_intent = _field(form, "setup_intent")
+    if not isinstance(gateway, StripeGateway) or not setup_intent.startswith("seti_"):
+        raise Redirect("/billing")
+    try:
+        async with res.connection() as conn:
+            result = await finish_card_setup(conn, gateway, account_id, setup_intent, res.settings)
+    except (CardRejected, AccountError) as exc:
+        message = exc.message if isinstance(exc, CardRejected) else str(exc)
+        view = await _view(res, account_id)
+        ctx = _billing_context(res, view, {"card_number": message})
+        return await _render(request, session, "billing.html", ctx, 422)
+    log.info("console.card_added", account_id=account_id, attempt_run_id=result.attempt_run_id)
+    async with res.connection() as conn:
+        view = await console_view(conn, account_id)
+    card = view["card"]
+    text = (
+        f"Your {BRAND_NAMES.get(card['brand'], card['brand'].capitalize())} ending in "
+        f"{card['last4']} is now your card on file."
+        if card
+        else "Your new card is on file."
     )
     if result.attempt_run_id is not None:
         text += " We are charging it now to bring your account back."

@@ -22,17 +22,32 @@ def csrf_ok(expected: str, presented: str | None) -> bool:
     return presented is not None and hmac.compare_digest(expected.encode(), presented.encode())
 
 
-def content_security_policy(stripe_js: bool) -> str:
-    scripts = "'self' https://js.stripe.com" if stripe_js else "'self'"
-    frames = "https://js.stripe.com https://hooks.stripe.com" if stripe_js else "'none'"
+NONE: Final = "'none'"
+
+
+def origin(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+def content_security_policy(stripe_js_url: str | None) -> str:
+    """`'self'` only; with Stripe, what Stripe's CSP guide lists for Stripe.js (its script,
+    its frames, its API), and the origin Stripe.js is served from when that is another."""
+    scripts = frames = connect = ""
+    if stripe_js_url is not None:
+        js = origin(stripe_js_url)
+        extra = "" if js == "https://js.stripe.com" else f" {js}"
+        scripts = f" https://js.stripe.com{extra}"
+        frames = f"https://js.stripe.com https://hooks.stripe.com{extra}"
+        connect = f" https://api.stripe.com{extra}"
     return "; ".join(
         (
             "default-src 'none'",
-            f"script-src {scripts}",
+            f"script-src 'self'{scripts}",
             "style-src 'self'",
             "img-src 'self' data:",
-            "connect-src 'self'" + (" https://api.stripe.com" if stripe_js else ""),
-            f"frame-src {frames}",
+            f"connect-src 'self'{connect}",
+            f"frame-src {frames or NONE}",
             "form-action 'self'",
             "base-uri 'none'",
             # Nobody may frame a page that moves money (clickjacking).
@@ -44,10 +59,10 @@ def content_security_policy(stripe_js: bool) -> str:
 class ConsoleHeaders:
     """Pure ASGI: the security headers on every console response (pages, redirects, JSON)."""
 
-    def __init__(self, app: ASGIApp, *, stripe_js: bool) -> None:
+    def __init__(self, app: ASGIApp, *, stripe_js_url: str | None) -> None:
         self.app = app
         self.headers = [
-            (b"content-security-policy", content_security_policy(stripe_js).encode()),
+            (b"content-security-policy", content_security_policy(stripe_js_url).encode()),
             (b"x-content-type-options", b"nosniff"),
             (b"x-frame-options", b"DENY"),
             (b"referrer-policy", b"same-origin"),

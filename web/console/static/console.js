@@ -84,6 +84,40 @@
     setTimeout(tick, 2000);
   }
 
+  // PAYMENT_GATEWAY=stripe: Stripe.js Elements collects the card and confirms a SetupIntent
+  // with Stripe; only the SetupIntent's id comes back to us.
+  const stripeForm = document.getElementById("stripe-card-form");
+  if (stripeForm && window.Stripe) {
+    const stripe = window.Stripe(stripeForm.dataset.stripeKey);
+    const card = stripe.elements().create("card");
+    card.mount("#card-element");
+    const error = stripeForm.querySelector("[data-card-error]");
+    const button = stripeForm.querySelector("button[type=submit]");
+    stripeForm.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      button.disabled = true;
+      error.textContent = "";
+      try {
+        const res = await fetch("/billing/card/setup", {
+          method: "POST",
+          headers: { "X-CSRF-Token": csrf },
+          credentials: "same-origin",
+        });
+        const body = await res.json();
+        if (!res.ok) throw new Error(body.error || "The card could not be added.");
+        const result = await stripe.confirmCardSetup(body.client_secret, {
+          payment_method: { card },
+        });
+        if (result.error) throw new Error(result.error.message || "The card was declined.");
+        stripeForm.elements.setup_intent.value = result.setupIntent.id;
+        stripeForm.submit();
+      } catch (err) {
+        error.textContent = err.message;
+        button.disabled = false;
+      }
+    });
+  }
+
   // Card number in groups of four as it is typed (display only; the server strips spaces).
   const number = document.getElementById("card_number");
   if (number) {
