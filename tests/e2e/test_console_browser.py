@@ -53,6 +53,10 @@ def namespace() -> str:
     return f"{NAMESPACE_PREFIX}-{uuid.uuid4().hex[:8]}"
 
 
+# Every process of the module's stack, for the journey's look at their logs.
+PROCS: list[Proc] = []
+
+
 @pytest.fixture(scope="module")
 def stack(namespace: str, sim_prefix: str, settings: Settings) -> Iterator[dict[str, str]]:
     """Every Procfile process, once for the module; yields the environment and the URL."""
@@ -69,8 +73,11 @@ def stack(namespace: str, sim_prefix: str, settings: Settings) -> Iterator[dict[
             lambda: dramatiq_worker("workers.retry", "retries", env, threads=2),
         ]
         for start in starters:
-            stack.callback(start().stop)
+            proc = start()
+            PROCS.append(proc)
+            stack.callback(proc.stop)
         yield {**env, "URL": f"http://127.0.0.1:{port}"}
+        PROCS.clear()
     client = redis.Redis.from_url(settings.redis_url)
     for key in client.scan_iter(match=f"{sim_prefix}:*", count=1000):
         client.delete(key)
@@ -203,6 +210,16 @@ async def test_the_faq_journey_in_chromium(
     await page.goto("/history")
     await expect(page.locator("tbody tr", has_text="Paid")).to_have_count(2)
     await shot(page, "journey-08-history")
+    # Neither password nor card number reached any process's log.
+    logs = "".join(proc.output() for proc in PROCS)
+    assert "console.logged_in" in logs and "console.card_added" in logs
+    for secret in (
+        creds["temporary_password"],
+        PASSWORD,
+        "4242424242424242",
+        "4242 4242 4242 4242",
+    ):
+        assert secret not in logs, "a secret reached a log"
 
 
 async def test_a_declined_card(browser: Browser, stack: dict[str, str], conn: Any) -> None:
