@@ -97,6 +97,12 @@ SELECT c.amount, c.status, c.idempotency_key, r.kind, c.created_at, c.failure_co
 FROM charges c JOIN recharge_runs r ON r.id = c.run_id
 WHERE c.account_id = $1 ORDER BY c.id
 """
+# The console's read of its account: the whole row, no ledger sum (it is polled).
+_FETCH_ACCOUNT_ROW = "SELECT a.* FROM accounts a WHERE a.id = $1"
+_FETCH_LATEST_CHARGE = """
+SELECT c.id, c.amount, c.status, c.failure_code, c.run_id FROM charges c
+WHERE c.account_id = $1 ORDER BY c.id DESC LIMIT 1
+"""
 _FETCH_RUNS_IN_FLIGHT = """
 SELECT id, kind, state, tier, trigger FROM recharge_runs
 WHERE account_id = $1 AND state IN ('pending', 'failing') ORDER BY id
@@ -185,6 +191,18 @@ async def insert_account(conn: asyncpg.Connection[Any], account_id: str, currenc
 async def fetch_account(conn: asyncpg.Connection[Any], account_id: str) -> asyncpg.Record | None:
     """The whole row and the sum of its ledger (no lock)."""
     return await conn.fetchrow(_FETCH_ACCOUNT, account_id)
+
+
+async def fetch_account_row(
+    conn: asyncpg.Connection[Any], account_id: str
+) -> asyncpg.Record | None:
+    return await conn.fetchrow(_FETCH_ACCOUNT_ROW, account_id)
+
+
+async def fetch_latest_charge(
+    conn: asyncpg.Connection[Any], account_id: str
+) -> asyncpg.Record | None:
+    return await conn.fetchrow(_FETCH_LATEST_CHARGE, account_id)
 
 
 async def fetch_account_state(

@@ -202,15 +202,18 @@ AUTHENTICATION_REQUIRED: Final = "authentication_required"
 
 
 async def console_view(conn: asyncpg.Connection[Any], account_id: str) -> dict[str, Any]:
-    """What the account's owner sees on the console: `show_account`, the card's display
-    details, why it is suspended, the alert level, and a charge waiting for the customer to
-    authenticate (the latest charge, when it failed for authentication_required)."""
-    shown = await show_account(conn, account_id)
-    row = await store.fetch_account(conn, account_id)
-    assert row is not None
-    latest = shown["charges"][-1] if shown["charges"] else None
+    """What the account's owner sees on the console: `account_state`, the card's display
+    details, why it is suspended, the alert level, the account's maximum, and a charge waiting
+    for the customer to authenticate (the latest charge, when it failed for
+    authentication_required). Two lean reads: the console polls it."""
+    row = (
+        None if account_id_problem(account_id) else await store.fetch_account_row(conn, account_id)
+    )
+    if row is None:
+        raise _unknown(account_id)
+    latest = await store.fetch_latest_charge(conn, account_id)
     awaiting = (
-        latest
+        dict(latest)
         if latest is not None
         and latest["status"] == "failed"
         and latest["failure_code"] == AUTHENTICATION_REQUIRED
@@ -227,7 +230,9 @@ async def console_view(conn: asyncpg.Connection[Any], account_id: str) -> dict[s
         else None
     )
     return {
-        **shown,
+        **account_state(row),
+        "payment_method": row["payment_method"],
+        "max_recharge_amount": row["max_recharge_amount"],
         "card": card,
         "suspended_reason": row["suspended_reason"],
         "low_balance_alert": row["low_balance_alert"],

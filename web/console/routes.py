@@ -15,10 +15,11 @@ from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import structlog
 from fastapi import APIRouter, FastAPI, Request
+from fastapi import Path as FastApiPath
 from fastapi.templating import Jinja2Templates
 from starlette.datastructures import FormData
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -31,6 +32,7 @@ from common.accounts.support import (
     ledger_page,
     ledger_page_newest,
     set_low_balance_alert,
+    show_account_state,
 )
 from common.credentials import logins, passwords
 from common.credentials.logins import USERNAME_PREFIX, CredentialsError
@@ -733,7 +735,9 @@ async def manual_recharge(request: Request) -> Response:
 
 
 @router.get("/payments/recharges/{run_id}")
-async def recharge_status(request: Request, run_id: int) -> Response:
+async def recharge_status(
+    request: Request, run_id: Annotated[int, FastApiPath(ge=1, le=MAX_CURSOR)]
+) -> Response:
     res = resources(request)
     session = await _page(request)
     account_id = _account(session)
@@ -745,7 +749,8 @@ async def recharge_status(request: Request, run_id: int) -> Response:
     # Someone else's run is as unknown as a run that does not exist.
     if summary is None or summary["account_id"] != account_id:
         return JSONResponse({"error": "unknown recharge"}, status_code=404)
-    view = await _view(res, account_id)
+    async with res.connection() as conn:
+        view = await show_account_state(conn, account_id)
     charge = summary["charges"][-1] if summary["charges"] else None
     done = summary["state"] in FINAL_RUN_STATES or summary["state"] == "failing"
     return JSONResponse(
@@ -832,7 +837,7 @@ async def history_entries(request: Request) -> Response:
     after = _cursor(request.query_params.get("after"))
     after = 0 if after == MAX_CURSOR else after
     async with res.connection() as conn:
-        view = await console_view(conn, account_id)
+        view = await show_account_state(conn, account_id)
         page = await ledger_page(conn, account_id, after=after, limit=HISTORY_PAGE)
     currency = view["currency"]
     return JSONResponse(
