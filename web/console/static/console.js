@@ -68,11 +68,18 @@
           if (empty) empty.remove();
           const row = document.createElement("tr");
           row.className = "fresh";
-          const cells = [e.date, e.kind, (e.credit ? "+" : "") + e.amount, e.balance_after];
+          const [day, time] = e.date.split(" ");
+          const when = document.createElement("td");
+          when.className = "when";
+          const clock = document.createElement("span");
+          clock.textContent = time;
+          when.append(day + " ", clock);
+          row.appendChild(when);
+          const cells = [e.kind, (e.credit ? "+" : "") + e.amount, e.balance_after];
           cells.forEach((text, i) => {
             const td = document.createElement("td");
             td.textContent = text;
-            if (i >= 2) td.className = "num" + (i === 2 && e.credit ? " credit" : "");
+            if (i >= 1) td.className = "num" + (i === 1 && e.credit ? " credit" : "");
             row.appendChild(td);
           });
           body.insertBefore(row, body.firstChild);
