@@ -104,6 +104,7 @@ def namespace_pattern(namespace: str) -> str:
 #     N:console:session:<id>        a console session (JSON), expiring after its idle time
 #     N:console:epoch:<account>     bumped when the password changes: older sessions end
 #     N:console:login-fails:<addr>  failed logins from one client address (expiring counter)
+#     N:console:ghost-fails:<sha256>  failed logins of one unknown username (expiring counter)
 
 
 def console_session_key(namespace: str, session_id: str) -> str:
@@ -116,3 +117,7 @@ def console_epoch_key(namespace: str, account_id: str) -> str:
 
 def console_login_failures_key(namespace: str, address: str) -> str:
     return f"{namespace}:console:login-fails:{address}"
+
+
+def console_unknown_user_failures_key(namespace: str, username_digest: str) -> str:
+    return f"{namespace}:console:ghost-fails:{username_digest}"

@@ -50,7 +50,13 @@ from common.recharge.settings import (
     start_card_setup,
 )
 from web.console.cards import BRAND_NAMES, CardInputError, parse_card
-from web.console.security import CSRF_FIELD, CSRF_HEADER, AddressLimit, csrf_ok
+from web.console.security import (
+    CSRF_FIELD,
+    CSRF_HEADER,
+    address_limit,
+    csrf_ok,
+    unknown_username_limit,
+)
 from web.console.sessions import Session, SessionStore
 from web.resources import Resources, resources
 
@@ -240,12 +246,14 @@ async def login_submit(request: Request) -> Response:
     form = await _form(request, session)
     username = _field(form, "username").strip()
     password = _field(form, "password")
-    limit = AddressLimit(
+    namespace = res.settings.broker_namespace
+    limit = address_limit(
         res.redis,
-        res.settings.broker_namespace,
+        namespace,
         res.web.console_address_max_failures,
         res.web.console_address_window_s,
     )
+    ghost = unknown_username_limit(res.redis, namespace)
     address = _client(request)
 
     async def refused(message: str, status: int) -> Response:
@@ -255,6 +263,8 @@ async def login_submit(request: Request) -> Response:
 
     if await limit.blocked(address):
         log.warning("console.login_throttled")
+        return await refused(TOO_MANY, 429)
+    if await ghost.blocked(username):
         return await refused(TOO_MANY, 429)
     account_id = (
         username.removeprefix(USERNAME_PREFIX) if username.startswith(USERNAME_PREFIX) else None
@@ -267,6 +277,7 @@ async def login_submit(request: Request) -> Response:
     except (logins.UnknownAccountError, logins.NoCredentialsError):
         await asyncio.to_thread(passwords.verify_password, password[:1024], _DUMMY_HASH)
         await limit.failed(address)
+        await ghost.failed(username)
         return await refused(GENERIC_LOGIN_ERROR, 401)
     except logins.WrongPasswordError:
         await limit.failed(address)

@@ -3,13 +3,17 @@ login limit, and the response headers of every console page."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+from collections.abc import Callable
+from functools import partial
 from typing import Final
 
 import redis.asyncio as aioredis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from common.names import console_login_failures_key
+from common.credentials.logins import LOCKOUT, MAX_FAILED_ATTEMPTS
+from common.names import console_login_failures_key, console_unknown_user_failures_key
 
 CSRF_FIELD: Final = "csrf_token"
 CSRF_HEADER: Final = "x-csrf-token"
@@ -85,28 +89,49 @@ class ConsoleHeaders:
         await self.app(scope, receive, with_headers)
 
 
-class AddressLimit:
-    """Failed logins per client address in a fixed window (a Redis counter that expires)."""
+class FailureLimit:
+    """Failed logins per subject in a fixed window (a Redis counter that expires)."""
 
     def __init__(
-        self, redis: aioredis.Redis, namespace: str, max_failures: int, window_s: int
+        self,
+        redis: aioredis.Redis,
+        key: Callable[[str], str],
+        max_failures: int,
+        window_s: int,
     ) -> None:
         self._redis = redis
-        self._namespace = namespace
+        self._key = key
         self.max_failures = max_failures
         self.window_s = window_s
 
-    def _key(self, address: str) -> str:
-        return console_login_failures_key(self._namespace, address)
-
-    async def blocked(self, address: str) -> bool:
-        count = await self._redis.get(self._key(address))
+    async def blocked(self, subject: str) -> bool:
+        count = await self._redis.get(self._key(subject))
         return count is not None and int(count) >= self.max_failures
 
-    async def failed(self, address: str) -> None:
-        key = self._key(address)
+    async def failed(self, subject: str) -> None:
+        key = self._key(subject)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.incr(key)
             # NX: the window starts at the first failure and is not stretched by later ones.
             pipe.expire(key, self.window_s, nx=True)
             await pipe.execute()
+
+
+def address_limit(
+    redis: aioredis.Redis, namespace: str, max_failures: int, window_s: int
+) -> FailureLimit:
+    """Failed logins of one client address, whatever usernames it tries."""
+    return FailureLimit(
+        redis, partial(console_login_failures_key, namespace), max_failures, window_s
+    )
+
+
+def unknown_username_limit(redis: aioredis.Redis, namespace: str) -> FailureLimit:
+    """An unknown username "locks" after as many failures as a real account does, for as long:
+    otherwise the lockout's answer would tell which usernames exist."""
+
+    def key(username: str) -> str:
+        digest = hashlib.sha256(username.casefold().encode()).hexdigest()
+        return console_unknown_user_failures_key(namespace, digest)
+
+    return FailureLimit(redis, key, MAX_FAILED_ATTEMPTS, int(LOCKOUT.total_seconds()))

@@ -251,6 +251,20 @@ async def test_account_lockout_refuses_even_the_right_password(
     assert locked.status_code == 429 and TOO_MANY in locked.text
 
 
+async def test_an_unknown_username_locks_like_a_real_one(
+    console: httpx.AsyncClient, conn: Any
+) -> None:
+    _, real, _ = await issue(conn)
+    ghost = "billing-" + new_id()
+    answers: dict[str, list[int]] = {real: [], ghost: []}
+    for username in (real, ghost):
+        for _ in range(MAX_FAILED_ATTEMPTS + 1):
+            answers[username].append(
+                (await log_in(console, username, "Wrong-Guess-99")).status_code
+            )
+    assert answers[real] == answers[ghost] == [401] * MAX_FAILED_ATTEMPTS + [429]
+
+
 async def test_one_address_is_limited_across_usernames(test_settings: Settings, conn: Any) -> None:
     web = WebSettings(CONTACTO_CONSOLE_ADDRESS_MAX_FAILURES=3)
     app = create_app(test_settings, web)
