@@ -869,6 +869,13 @@ async def history_entries(request: Request) -> Response:
     )
 
 
+def csv_text(value: str | None) -> str:
+    """A text cell a spreadsheet will not run: references come from upstream (event ids), and
+    a leading =, +, - or @ would make a formula of them (CSV injection)."""
+    text = value or ""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 @router.get("/history.csv")
 async def history_csv(request: Request) -> Response:
     res = resources(request)
@@ -891,7 +898,7 @@ async def history_csv(request: Request) -> Response:
                         e["kind"],
                         format_amount(e["amount"]),
                         format_amount(e["balance_after"]),
-                        e["reference"],
+                        csv_text(e["reference"]),
                     ]
                 )
             yield out.getvalue()

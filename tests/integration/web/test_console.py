@@ -520,6 +520,15 @@ async def test_history_pages_and_csv(console: httpx.AsyncClient, conn: Any, engi
     assert lines[-1].split(",")[3:5] == ["-1.50", "55.00"]
 
 
+async def test_csv_cells_never_become_formulas(
+    console: httpx.AsyncClient, conn: Any, engine: Any
+) -> None:
+    account = await customer(console, conn, balance="10")
+    await credit_account(conn, account, Decimal("1"), "goodwill", reference="=HYPERLINK(1)")
+    rows = (await console.get("/history.csv")).text.strip().splitlines()
+    assert rows[-1].endswith(",'=HYPERLINK(1)")
+
+
 async def test_crossing_the_alert_level_emits_balance_low_once(
     console: httpx.AsyncClient, conn: Any, engine: Any
 ) -> None:
