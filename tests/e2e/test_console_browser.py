@@ -109,14 +109,29 @@ async def new_page(browser: Browser, url: str, viewport: dict[str, int] = DESKTO
     return await context.new_page()
 
 
-async def first_login(page: Page, username: str, temporary: str, *, prefix: str) -> None:
+async def first_login(
+    page: Page, username: str, temporary: str, *, prefix: str, mistakes: bool = False
+) -> None:
     await page.goto("/login")
     await shot(page, f"{prefix}-01-login")
+    if mistakes:
+        await page.get_by_label("Username").fill(username)
+        await page.get_by_label("Password").fill("not-my-password")
+        await page.get_by_role("button", name="Log in").click()
+        await expect(page.get_by_role("alert")).to_have_text("Incorrect username or password.")
+        await shot(page, f"{prefix}-01b-login-refused")
     await page.get_by_label("Username").fill(username)
     await page.get_by_label("Password").fill(temporary)
     await page.get_by_role("button", name="Log in").click()
     await expect(page).to_have_url(re.compile(r"/billing/change-password$"))
     await shot(page, f"{prefix}-02-change-password")
+    if mistakes:
+        await page.get_by_label("Old password").fill(temporary)
+        await page.get_by_label("New password", exact=True).fill("Password1234")
+        await page.get_by_label("Confirm new password").fill("Password1234")
+        await page.get_by_role("button", name="Save Changes").click()
+        await expect(page.get_by_text("The new password is too common.")).to_be_visible()
+        await shot(page, f"{prefix}-02b-change-password-refused")
     await page.get_by_label("Old password").fill(temporary)
     await page.get_by_label("New password", exact=True).fill(PASSWORD)
     await page.get_by_label("Confirm new password").fill(PASSWORD)
@@ -176,7 +191,9 @@ async def test_the_faq_journey_in_chromium(
     )
     creds = json.loads(issued.stdout)
     page = await new_page(browser, stack["URL"])
-    await first_login(page, creds["username"], creds["temporary_password"], prefix="journey")
+    await first_login(
+        page, creds["username"], creds["temporary_password"], prefix="journey", mistakes=True
+    )
     await shot(page, "journey-03-billing-no-card")
     await add_card(page, "4242424242424242")
     await expect(page.get_by_text("Expires 12/34")).to_be_visible()

@@ -334,9 +334,10 @@ def _password_message(exc: CredentialsError) -> str:
         return "This temporary password has expired. Contact support for a new one."
     if exc.code == "mismatch":
         return "The two new passwords do not match."
-    # The policy's own reason, as a sentence: "weak password: must be at least 12 characters".
-    text = str(exc).removeprefix("weak password: ").removeprefix("new password ")
-    return text[:1].upper() + text[1:] + "."
+    # The policy's own reason, as a sentence: "weak password: must be at least 12 characters"
+    # and "new password must differ from ..." both read "The new password must ...".
+    reason = str(exc).removeprefix("weak password: ").removeprefix("new password ")
+    return f"The new password {reason}."
 
 
 @router.get("/billing/change-password")
