@@ -41,7 +41,7 @@ test: $(STAMP) ## the tests: pytest -q (real PostgreSQL and Redis on 127.0.0.1)
 lint: $(STAMP) ## ruff check, ruff format --check, mypy (what CI and pre-commit run)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy common config workers tests bench
+	$(BIN)/mypy common config workers tests bench web
 
 # Mutation testing of pure modules against their own unit tests (docs/testing.md): mutmut, then
 # tools/mutate_constants.py; fails below 95 % killed. Slow (4-5 minutes on 2 cores), so not in

@@ -51,6 +51,8 @@ EVENT_RECHARGE_FAILED: Final = "recharge.failed"
 EVENT_RECHARGE_CAPPED: Final = "recharge.capped"
 EVENT_ACCOUNT_SUSPENDED: Final = "account.suspended"
 EVENT_ACCOUNT_REACTIVATED: Final = "account.reactivated"
+# The customer's low-balance alert level was crossed downwards (once per crossing).
+EVENT_BALANCE_LOW: Final = "balance.low"
 
 # The actors whose messages are our own work, re-published by the reconciler when a broker lost
 # them (common/recharge/reconcile.py); usage is the upstream's to publish again.
@@ -102,3 +104,28 @@ def glob_escape(text: str) -> str:
 def namespace_pattern(namespace: str) -> str:
     """SCAN pattern for every key of a dramatiq namespace."""
     return queue_key(glob_escape(namespace), "*")
+
+
+# The billing console's Redis keys (web/console/), under the broker namespace N so that a test
+# session's keys are found and removed with the rest of its namespace:
+#
+#     N:console:session:<id>        a console session (JSON), expiring after its idle time
+#     N:console:epoch:<account>     bumped when the password changes: older sessions end
+#     N:console:login-fails:<addr>  failed logins from one client address (expiring counter)
+#     N:console:ghost-fails:<sha256>  failed logins of one unknown username (expiring counter)
+
+
+def console_session_key(namespace: str, session_id: str) -> str:
+    return f"{namespace}:console:session:{session_id}"
+
+
+def console_epoch_key(namespace: str, account_id: str) -> str:
+    return f"{namespace}:console:epoch:{account_id}"
+
+
+def console_login_failures_key(namespace: str, address: str) -> str:
+    return f"{namespace}:console:login-fails:{address}"
+
+
+def console_unknown_user_failures_key(namespace: str, username_digest: str) -> str:
+    return f"{namespace}:console:ghost-fails:{username_digest}"

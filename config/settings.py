@@ -199,6 +199,31 @@ class WebSettings(BaseSettings):
     token_cache_s: float = Field(60.0, ge=0, le=3600, validation_alias="CONTACTO_WEB_TOKEN_CACHE_S")
     # On SIGTERM: requests in progress get this long to finish, then connections are closed.
     shutdown_timeout_s: int = Field(5, ge=0, le=300, validation_alias="CONTACTO_WEB_SHUTDOWN_S")
+    # --- the billing console (web/console/) ------------------------------------------------------
+    # Behind HTTPS (a TLS-terminating proxy): session cookies get `Secure` and the `__Host-`
+    # prefix. Off by default because the default bind is plain HTTP on loopback.
+    console_secure_cookie: bool = Field(False, validation_alias="CONTACTO_CONSOLE_SECURE_COOKIE")
+    # A console session ends after this long without a request.
+    console_session_idle_s: int = Field(
+        1800, ge=60, le=86_400, validation_alias="CONTACTO_CONSOLE_SESSION_IDLE_S"
+    )
+    # Failed logins one client address may make per window, whatever usernames it tries (the
+    # per-account lockout alone does not stop one address trying many accounts).
+    console_address_max_failures: int = Field(
+        20, ge=1, le=10_000, validation_alias="CONTACTO_CONSOLE_ADDRESS_MAX_FAILURES"
+    )
+    console_address_window_s: int = Field(
+        900, ge=1, le=86_400, validation_alias="CONTACTO_CONSOLE_ADDRESS_WINDOW_S"
+    )
+    # Stripe.js Elements on the Billing page (PAYMENT_GATEWAY=stripe); public by design.
+    stripe_publishable_key: str | None = Field(None, validation_alias="STRIPE_PUBLISHABLE_KEY")
+    # Where the console loads Stripe.js from (its origin is allowed by the pages' CSP); tests
+    # point it at localstripe's double.
+    stripe_js_url: str = Field(
+        "https://js.stripe.com/v3/",
+        pattern=r"^https?://[^/\s]+/\S*$",
+        validation_alias="CONTACTO_STRIPE_JS_URL",
+    )
 
 
 # Their values may carry a password: an error names the variable, never echoes the value.

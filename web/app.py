@@ -1,7 +1,7 @@
 """The ASGI app factory of the `web` process: `uvicorn --factory web.app:create_app`.
 
 One FastAPI app: the account API under /v1 (bearer tokens), /healthz and /readyz, the OpenAPI
-document at /openapi.json. The customer console will mount its routes here too (web/console/).
+document at /openapi.json. The customer console's pages (web/console/) are served by the same app.
 Building the app connects to nothing: the lifespan (web/resources.py) opens the engine, Redis
 and the broker on the worker's event loop and disposes them when it stops.
 """
@@ -16,7 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from common.credentials.tokens import SCOPES
 from common.logging import configure_logging
 from config.settings import Settings, WebSettings, get_settings, get_web_settings
-from web import errors
+from web import console, errors
 from web.api import routers
 from web.api.models import ERROR_DESCRIPTIONS, USAGE_BATCH_SCHEMA, USAGE_EVENT_SCHEMA
 from web.middleware import REQUEST_ID_HEADER, RequestContext
@@ -101,6 +101,7 @@ def create_app(settings: Settings | None = None, web: WebSettings | None = None)
     for router in routers():
         app.include_router(router)
     errors.install(app)
+    console.install(app, settings, web)
     app.add_middleware(
         RequestContext,
         max_body_bytes=web.max_body_bytes,

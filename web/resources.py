@@ -26,6 +26,8 @@ from fastapi import FastAPI, Request
 
 from common.broker.factory import build_broker
 from common.db.hotpool import HotPool
+from common.gateway import PaymentGateway
+from common.gateway.factory import build_gateway
 from config.settings import Settings, WebSettings
 from web.token_cache import TokenCache
 
@@ -43,6 +45,14 @@ class Resources:
     redis: aioredis.Redis
     broker: dramatiq.Broker
     tokens: TokenCache
+    # Built at the console's first card or charge operation: the account API never needs it,
+    # and PAYMENT_GATEWAY=stripe without a key must not stop the API from serving.
+    _gateway: PaymentGateway | None = None
+
+    def gateway(self) -> PaymentGateway:
+        if self._gateway is None:
+            self._gateway = build_gateway(self.settings, self.redis)
+        return self._gateway
 
     def connection(self) -> AbstractAsyncContextManager[asyncpg.Connection[Any]]:
         """A kept connection for one request (dropped and replaced if it failed)."""
@@ -74,6 +84,8 @@ def open_resources(settings: Settings, web: WebSettings) -> Resources:
 
 async def close_resources(resources: Resources) -> None:
     await resources.tokens.close()
+    if resources._gateway is not None:
+        await resources._gateway.close()
     resources.broker.close()
     await resources.redis.aclose()
     await resources.database.close()

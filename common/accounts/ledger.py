@@ -13,7 +13,7 @@ from typing import Any, Final, Literal
 import asyncpg
 
 from common.accounts.status import reactivate
-from common.accounts.store import CREDIT
+from common.accounts.store import CREDIT, REARM_LOW_BALANCE_ALERT
 from common.recharge.policy import AccountStatus, should_reactivate
 
 CreditKind = Literal["recharge", "credit"]
@@ -55,6 +55,8 @@ async def apply_credit(
     )
     if balance is None:
         return None
+    # Back at or above the low-balance alert level: the next fall below it is announced again.
+    await conn.execute(REARM_LOW_BALANCE_ALERT, account["id"])
     if should_reactivate(account["status"], balance):
         await reactivate(conn, account["id"], balance=balance, charge_id=charge_id)
         return Credited(balance, "active")

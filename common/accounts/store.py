@@ -25,8 +25,9 @@ class AccountError(Exception):
 ACCOUNT_COLUMNS = """a.id, a.currency, a.balance, a.status, a.suspended_reason,
        a.auto_recharge_enabled, a.balance_amount, a.recharge_amount, a.recharge_mode,
        a.max_recharge_amount, a.retry_tier, a.last_failure_at, a.payment_method,
-       a.gateway_customer_id, a.auto_run_id, a.auto_run_id IS NOT NULL AS auto_run_in_flight"""
-ACCOUNT_COLUMN_COUNT = 16  # of ACCOUNT_COLUMNS: the debit statement pads its other rows to it
+       a.gateway_customer_id, a.auto_run_id, a.auto_run_id IS NOT NULL AS auto_run_in_flight,
+       a.low_balance_alert, a.low_balance_alerted"""
+ACCOUNT_COLUMN_COUNT = 18  # of ACCOUNT_COLUMNS: the debit statement pads its other rows to it
 LOCK_ACCOUNTS = f"""
 SELECT {ACCOUNT_COLUMNS},
        now() AS db_now
@@ -96,6 +97,12 @@ SELECT c.amount, c.status, c.idempotency_key, r.kind, c.created_at, c.failure_co
 FROM charges c JOIN recharge_runs r ON r.id = c.run_id
 WHERE c.account_id = $1 ORDER BY c.id
 """
+# The console's read of its account: the whole row, no ledger sum (it is polled).
+_FETCH_ACCOUNT_ROW = "SELECT a.* FROM accounts a WHERE a.id = $1"
+_FETCH_LATEST_CHARGE = """
+SELECT c.id, c.amount, c.status, c.failure_code, c.run_id FROM charges c
+WHERE c.account_id = $1 ORDER BY c.id DESC LIMIT 1
+"""
 _FETCH_RUNS_IN_FLIGHT = """
 SELECT id, kind, state, tier, trigger FROM recharge_runs
 WHERE account_id = $1 AND state IN ('pending', 'failing') ORDER BY id
@@ -129,6 +136,50 @@ LEFT JOIN LATERAL (
 WHERE a.id = $1
 ORDER BY c.id
 """
+# The console's history, newest first: the same pages before a cursor (an id, exclusive; the
+# largest bigint for the first page).
+FETCH_LEDGER_PAGE_NEWEST = """
+SELECT a.id AS account_id, l.id, l.kind, l.amount, l.balance_after, l.reference, l.memo,
+       l.created_at
+FROM accounts a
+LEFT JOIN LATERAL (
+    SELECT * FROM ledger_entries e WHERE e.account_id = a.id AND e.id < $2
+    ORDER BY e.id DESC LIMIT $3
+) l ON true
+WHERE a.id = $1
+ORDER BY l.id DESC
+"""
+FETCH_CHARGES_PAGE_NEWEST = """
+SELECT a.id AS account_id, c.id, c.run_id, c.kind, c.seq, c.amount, c.currency, c.status,
+       c.idempotency_key, c.failure_code, c.failure_message, c.created_at, c.updated_at
+FROM accounts a
+LEFT JOIN LATERAL (
+    SELECT ch.*, r.kind FROM charges ch JOIN recharge_runs r ON r.id = ch.run_id
+    WHERE ch.account_id = a.id AND ch.id < $2 ORDER BY ch.id DESC LIMIT $3
+) c ON true
+WHERE a.id = $1
+ORDER BY c.id DESC
+"""
+# The customer's low-balance alert level (None: no alert). Set below the current balance it
+# is armed; set at or above it, the balance is already low and nothing is announced until the
+# balance has been back above the level once.
+SET_LOW_BALANCE_ALERT = """
+UPDATE accounts SET low_balance_alert = $2, low_balance_alerted = (balance < $2) IS TRUE,
+                    updated_at = now()
+WHERE id = $1
+"""
+# The debit's half of balance.low (common/usage/debits.py): mark the crossing once.
+MARK_LOW_BALANCE_ALERTED = """
+UPDATE accounts SET low_balance_alerted = true
+WHERE id = $1 AND low_balance_alert IS NOT NULL AND NOT low_balance_alerted
+      AND balance < low_balance_alert
+RETURNING low_balance_alert, balance
+"""
+# A credit's half: back at or above the level, the next fall below it is a new crossing.
+REARM_LOW_BALANCE_ALERT = """
+UPDATE accounts SET low_balance_alerted = false
+WHERE id = $1 AND low_balance_alerted AND balance >= low_balance_alert
+"""
 
 
 async def insert_account(conn: asyncpg.Connection[Any], account_id: str, currency: str) -> bool:
@@ -140,6 +191,18 @@ async def insert_account(conn: asyncpg.Connection[Any], account_id: str, currenc
 async def fetch_account(conn: asyncpg.Connection[Any], account_id: str) -> asyncpg.Record | None:
     """The whole row and the sum of its ledger (no lock)."""
     return await conn.fetchrow(_FETCH_ACCOUNT, account_id)
+
+
+async def fetch_account_row(
+    conn: asyncpg.Connection[Any], account_id: str
+) -> asyncpg.Record | None:
+    return await conn.fetchrow(_FETCH_ACCOUNT_ROW, account_id)
+
+
+async def fetch_latest_charge(
+    conn: asyncpg.Connection[Any], account_id: str
+) -> asyncpg.Record | None:
+    return await conn.fetchrow(_FETCH_LATEST_CHARGE, account_id)
 
 
 async def fetch_account_state(

@@ -177,3 +177,78 @@ async def _page(
         raise _unknown(account_id)
     items = [{f: r[f] for f in fields} for r in rows]
     return Page(account_id, items, items[-1]["id"] if len(items) == limit else None)
+
+
+async def ledger_page_newest(
+    conn: asyncpg.Connection[Any], account_id: str, *, before: int = MAX_CURSOR, limit: int = 50
+) -> Page:
+    """An account's ledger entries with an id below `before`, newest first (the console's
+    history); `next` is the cursor of the older page."""
+    return await _page(
+        conn, store.FETCH_LEDGER_PAGE_NEWEST, _LEDGER_FIELDS, account_id, before, limit
+    )
+
+
+async def charges_page_newest(
+    conn: asyncpg.Connection[Any], account_id: str, *, before: int = MAX_CURSOR, limit: int = 50
+) -> Page:
+    """An account's card charges with an id below `before`, newest first."""
+    return await _page(
+        conn, store.FETCH_CHARGES_PAGE_NEWEST, _CHARGE_FIELDS, account_id, before, limit
+    )
+
+
+AUTHENTICATION_REQUIRED: Final = "authentication_required"
+
+
+async def console_view(conn: asyncpg.Connection[Any], account_id: str) -> dict[str, Any]:
+    """What the account's owner sees on the console: `account_state`, the card's display
+    details, why it is suspended, the alert level, the account's maximum, and a charge waiting
+    for the customer to authenticate (the latest charge, when it failed for
+    authentication_required). Two lean reads: the console polls it."""
+    row = (
+        None if account_id_problem(account_id) else await store.fetch_account_row(conn, account_id)
+    )
+    if row is None:
+        raise _unknown(account_id)
+    latest = await store.fetch_latest_charge(conn, account_id)
+    awaiting = (
+        dict(latest)
+        if latest is not None
+        and latest["status"] == "failed"
+        and latest["failure_code"] == AUTHENTICATION_REQUIRED
+        else None
+    )
+    card = (
+        {
+            "brand": row["card_brand"],
+            "last4": row["card_last4"],
+            "exp_month": row["card_exp_month"],
+            "exp_year": row["card_exp_year"],
+        }
+        if row["card_brand"] is not None
+        else None
+    )
+    return {
+        **account_state(row),
+        "payment_method": row["payment_method"],
+        "max_recharge_amount": row["max_recharge_amount"],
+        "card": card,
+        "suspended_reason": row["suspended_reason"],
+        "low_balance_alert": row["low_balance_alert"],
+        "awaiting_authentication": awaiting,
+    }
+
+
+async def set_low_balance_alert(
+    conn: asyncpg.Connection[Any], account_id: str, level: Decimal | None
+) -> None:
+    """The customer's low-balance alert level (None switches it off); `balance.low` is emitted
+    when a debit takes the balance below it (common/usage/debits.py), once per crossing."""
+    async with conn.transaction():
+        account = await require_account(conn, account_id)
+        if level is not None:
+            if level <= 0:
+                raise AccountError("the alert level must be above 0")
+            check_fits_minor_unit(level, account["currency"], field="alert level")
+        await conn.execute(store.SET_LOW_BALANCE_ALERT, account_id, level)

@@ -121,7 +121,8 @@ SET failed_attempts = $2, window_started_at = $3, locked_until = $4, updated_at 
 WHERE account_id = $1
 """
 
-# A temporary password is consumed; a chosen one may be re-hashed with today's parameters.
+# A temporary password is consumed; a chosen one may be re-hashed with today's scheme and
+# parameters (an scrypt hash becomes argon2id here, at the first login that knows the password).
 LOGGED_IN = """
 UPDATE billing_logins
 SET consumed_at = CASE WHEN is_temporary THEN $2::timestamptz END,
@@ -267,7 +268,7 @@ async def _lock_login(
 
 
 async def _verify(password: str, encoded: str) -> bool:
-    # hashlib.scrypt releases the GIL: other connections' work goes on meanwhile.
+    # argon2 and hashlib.scrypt release the GIL: other connections' work goes on meanwhile.
     return await asyncio.to_thread(passwords.verify_password, password, encoded)
 
 

@@ -248,6 +248,7 @@ class Demo:
                 accounts.append(scenarios.LADDER)
             ok = await scenarios.summary(stage, accounts)
             await scenarios.api_access(stage, accounts[0])
+            await scenarios.console_access(stage, keeps_running=self.opts.keep_running)
             if self.opts.keep_running:
                 self.say(
                     "\nThe processes keep running; Ctrl-C stops everything. From another shell:\n"

@@ -23,6 +23,7 @@ import httpx
 
 from common.accounts.support import create_account, credit_account
 from common.broker.publish import usage_message
+from common.credentials.logins import issue_temporary
 from common.credentials.tokens import create_token
 from common.demo.procs import Honcho
 from common.demo.services import DemoError
@@ -233,6 +234,28 @@ async def api_access(stage: Stage, account: str) -> None:
     else:
         stage.say(f"  GET /v1/accounts/{account} -> {response.status_code}: {response.text[:200]}")
     stage.say(f'  curl -H "Authorization: Bearer {issued.token}" {url}/v1/accounts/{account}')
+
+
+CUSTOMER = "demo-customer"
+
+
+async def console_access(stage: Stage, *, keeps_running: bool) -> None:
+    """A customer of the console (web/console/): an account with some money and the one-time
+    credentials support would issue (`accounts credentials issue`), and where to use them."""
+    url = f"http://{os.environ.get('WEB_HOST', '127.0.0.1')}:{os.environ['PORT']}"
+    await create_account(stage.conn, CUSTOMER, "USD")
+    await credit_account(stage.conn, CUSTOMER, Decimal("40"), "demo: opening balance")
+    issued = await issue_temporary(stage.conn, CUSTOMER)
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        page = await client.get("/login")
+    stage.say("\n== The billing console (web) ==")
+    stage.say(f"  console      {url}/login  (GET /login -> {page.status_code})")
+    stage.say(f"  username     {issued.username}")
+    stage.say(f"  password     {issued.password}  (temporary: changed at the first login)")
+    stage.say("  test cards   4242 4242 4242 4242 (works), 4000 0000 0000 0002 (declined),")
+    stage.say("               4000 0025 0000 3155 (asks the customer to confirm), any CVC")
+    if not keeps_running:
+        stage.say("  the console stops with the demo: make demo DEMO_ARGS=--keep-running")
 
 
 async def follow(stage: Stage) -> None:

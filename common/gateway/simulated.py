@@ -63,6 +63,9 @@ FAULTS: Final = frozenset(
 
 # find_charge() has a queue of its own, so that faults meant for charges are never eaten by a
 # lookup (and the other way round).
+AUTHENTICATION_REQUIRED: Final = "authentication_required"
+# How long a completed (simulated) 3-D Secure challenge waits for its charge.
+AUTHENTICATED_TTL_S: Final = 900
 FIND_FAULTS: Final = frozenset({"timeout", "rate_limit", "server_error", "config_error"})
 
 # Stripe's own words for a PaymentIntent confirmed with a detached PaymentMethod.
@@ -177,6 +180,11 @@ class SimulatedGateway:
             raise TransientGatewayError(f"simulated gateway unreachable: {exc}") from exc
         return AttachedCard(customer_id=customer_id, payment_method=payment_method)
 
+    async def confirm_authentication(self, account_id: str) -> None:
+        """The customer passed the (simulated) 3-D Secure challenge: the account's next charge
+        that needs authentication succeeds. Expires unused after AUTHENTICATED_TTL_S."""
+        await self._redis.set(self._key("authenticated", account_id), "1", ex=AUTHENTICATED_TTL_S)
+
     async def detach_card(self, *, customer_id: str | None, payment_method: str) -> None:
         """Detach `payment_method` from `customer_id`, as the customer (or support) would at
         Stripe: charges of it for that customer then fail with no_payment_method, until it is
@@ -245,6 +253,14 @@ class SimulatedGateway:
             if fault == "decline"
             else charge_decline(request.payment_method)
         )
+        if (
+            decline is not None
+            and decline[0] == AUTHENTICATION_REQUIRED
+            and await self._redis.getdel(self._key("authenticated", request.account_id))
+        ):
+            # The customer completed the bank's challenge on the console: this one charge goes
+            # through, as a PaymentIntent confirmed on-session does with Stripe.
+            decline = None
         ref = f"pi_sim_{uuid.uuid4().hex[:24]}"
         record = {
             "fingerprint": fingerprint,

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass, field
 from typing import Final
 
 import stripe
 import structlog
-from stripe.params import PaymentIntentCreateParams, PaymentIntentListParams
+from stripe.params import (
+    PaymentIntentCreateParams,
+    PaymentIntentListParams,
+    SetupIntentCreateParams,
+)
 
 from common.gateway.base import (
     NO_PAYMENT_METHOD,
@@ -169,6 +174,21 @@ def classify_intent(intent: stripe.PaymentIntent) -> ChargeResult:
     raise GatewayConfigError(f"unexpected PaymentIntent status {status!r} for {intent.id}")
 
 
+@dataclass(frozen=True, slots=True)
+class CardSetup:
+    customer_id: str
+    client_secret: str = field(repr=False)  # lets a browser confirm the intent: not for logs
+
+
+@dataclass(frozen=True, slots=True)
+class SetUpCard:
+    payment_method: str
+    brand: str | None
+    last4: str | None
+    exp_month: int | None
+    exp_year: int | None
+
+
 class StripeGateway:
     name = "stripe"
 
@@ -207,18 +227,67 @@ class StripeGateway:
             options["idempotency_key"] = _bounded_key(idempotency_key)
         return options
 
+    async def _customer(self, account_id: str, customer_id: str | None) -> str:
+        if customer_id is not None:
+            return customer_id
+        # A fixed key: a retried or concurrent attach for the account gets the same
+        # customer back instead of a second one (within Stripe's 24 h key lifetime).
+        customer = await self._client.v1.customers.create_async(
+            params={"metadata": {"account_id": account_id}},
+            options=self._options(f"account-{account_id}-customer"),
+        )
+        return customer.id
+
+    async def create_setup_intent(self, *, account_id: str, customer_id: str | None) -> CardSetup:
+        """A SetupIntent for the console's card form: Stripe.js confirms it in the browser
+        with the card the customer typed, so the number never reaches our server."""
+        try:
+            customer_id = await self._customer(account_id, customer_id)
+            params: SetupIntentCreateParams = {"customer": customer_id, "usage": "off_session"}
+            intent = await self._client.v1.setup_intents.create_async(
+                params=params, options=self._options(None)
+            )
+        except stripe.StripeError as exc:
+            raise gateway_error(exc) from exc
+        assert intent.client_secret is not None
+        return CardSetup(customer_id=customer_id, client_secret=intent.client_secret)
+
+    async def setup_intent_card(self, setup_intent_id: str, customer_id: str) -> SetUpCard:
+        """The card a confirmed SetupIntent of this customer saved, with its display details.
+        A SetupIntent of another customer, or not succeeded, is refused (CardRejected)."""
+        try:
+            intent = await self._client.v1.setup_intents.retrieve_async(
+                setup_intent_id, options=self._options(None)
+            )
+            if intent.customer != customer_id or intent.status != "succeeded":
+                raise CardRejected("setup_incomplete", "The card was not confirmed.")
+            pm_id = intent.payment_method
+            pm_id = pm_id if isinstance(pm_id, str) or pm_id is None else pm_id.id
+            if pm_id is None:
+                raise CardRejected("setup_incomplete", "The card was not confirmed.")
+            method = await self._client.v1.payment_methods.retrieve_async(
+                pm_id, options=self._options(None)
+            )
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status == 404 or _error_code(exc) == "resource_missing":
+                raise CardRejected("resource_missing", "The card was not confirmed.") from exc
+            raise gateway_error(exc) from exc
+        except stripe.StripeError as exc:
+            raise gateway_error(exc) from exc
+        card = method.card
+        return SetUpCard(
+            payment_method=method.id,
+            brand=str(card.brand) if card is not None else None,
+            last4=str(card.last4) if card is not None else None,
+            exp_month=int(card.exp_month) if card is not None else None,
+            exp_year=int(card.exp_year) if card is not None else None,
+        )
+
     async def attach_card(
         self, *, account_id: str, customer_id: str | None, payment_method: str
     ) -> AttachedCard:
         try:
-            if customer_id is None:
-                # A fixed key: a retried or concurrent attach for the account gets the same
-                # customer back instead of a second one (within Stripe's 24 h key lifetime).
-                customer = await self._client.v1.customers.create_async(
-                    params={"metadata": {"account_id": account_id}},
-                    options=self._options(f"account-{account_id}-customer"),
-                )
-                customer_id = customer.id
+            customer_id = await self._customer(account_id, customer_id)
             attached = await self._client.v1.payment_methods.attach_async(
                 payment_method,
                 params={"customer": customer_id},

@@ -12,6 +12,7 @@ import asyncpg
 from common.accounts.status import enforce_prepaid
 from common.accounts.store import AccountError, lock_account, require_account, snapshot
 from common.gateway import PaymentGateway
+from common.gateway.stripe_gateway import StripeGateway
 from common.money import check_fits_minor_unit, format_amount
 from common.recharge import store
 from common.recharge.config import PolicyConfig
@@ -19,6 +20,16 @@ from common.recharge.limits import LimitError, check_recharge_amount, effective_
 from common.recharge.policy import RechargeMode, StartRecharge, armed_level, decide_recharge
 from common.recharge.runs import start_auto_run
 from config.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class CardDisplay:
+    """What the card's owner recognises it by: never enough to charge it."""
+
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +45,7 @@ async def attach_card(
     account_id: str,
     payment_method: str,
     settings: Settings,
+    display: CardDisplay | None = None,
 ) -> CardResult:
     """Put a card on file; on a failing or suspended account, fire an attempt at once."""
     row = await conn.fetchrow(store.CUSTOMER_OF, account_id)
@@ -46,7 +58,15 @@ async def attach_card(
     async with conn.transaction():
         account = await require_account(conn, account_id)
         await conn.execute(
-            store.SET_CARD, account_id, attached.payment_method, attached.customer_id
+            store.SET_CARD,
+            account_id,
+            attached.payment_method,
+            attached.customer_id,
+            *(
+                (display.brand, display.last4, display.exp_month, display.exp_year)
+                if display is not None
+                else (None, None, None, None)
+            ),
         )
         run_id = None
         failing = account["retry_tier"] > 0 or account["status"] == "suspended"
@@ -127,3 +147,39 @@ async def set_max_recharge(
                 "(contacto-billing accounts auto-recharge)"
             )
         await conn.execute(store.SET_MAX_RECHARGE, account_id, amount)
+
+
+async def start_card_setup(
+    conn: asyncpg.Connection[Any], gw: StripeGateway, account_id: str
+) -> str:
+    """The client secret of a SetupIntent for the account's new card (PAYMENT_GATEWAY=stripe);
+    the account's gateway customer is created and kept now if it had none."""
+    row = await conn.fetchrow(store.CUSTOMER_OF, account_id)
+    if row is None:
+        raise AccountError(f"unknown account {account_id!r}")
+    setup = await gw.create_setup_intent(
+        account_id=account_id, customer_id=row["gateway_customer_id"]
+    )
+    await conn.execute(store.KEEP_CUSTOMER, account_id, setup.customer_id)
+    return setup.client_secret
+
+
+async def finish_card_setup(
+    conn: asyncpg.Connection[Any],
+    gw: StripeGateway,
+    account_id: str,
+    setup_intent_id: str,
+    settings: Settings,
+) -> CardResult:
+    """The card a SetupIntent of this account's customer saved becomes the card on file, as
+    `attach_card` puts any card there (and with its attempt on a failing account)."""
+    customer_id = await conn.fetchval(store.CUSTOMER_OF, account_id)
+    if customer_id is None:
+        raise AccountError(f"account {account_id!r} has started no card setup")
+    card = await gw.setup_intent_card(setup_intent_id, customer_id)
+    display = (
+        CardDisplay(card.brand, card.last4, card.exp_month, card.exp_year)
+        if card.brand and card.last4 and card.exp_month and card.exp_year
+        else None
+    )
+    return await attach_card(conn, gw, account_id, card.payment_method, settings, display)

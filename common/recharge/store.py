@@ -62,9 +62,17 @@ FROM charges WHERE run_id = $1 AND status = 'failed'
 ORDER BY seq DESC LIMIT 1
 """
 CUSTOMER_OF = "SELECT gateway_customer_id FROM accounts WHERE id = $1"
+# The card's display details ($4-$7) are NULL when whoever attached it did not know them
+# (the CLI attaches a payment method by id).
 SET_CARD = """
-UPDATE accounts SET payment_method = $2, gateway_customer_id = $3, updated_at = now()
+UPDATE accounts SET payment_method = $2, gateway_customer_id = $3, card_brand = $4,
+                    card_last4 = $5, card_exp_month = $6, card_exp_year = $7, updated_at = now()
 WHERE id = $1
+"""
+# The gateway customer made for a card setup, kept unless one was kept meanwhile.
+KEEP_CUSTOMER = """
+UPDATE accounts SET gateway_customer_id = $2, updated_at = now()
+WHERE id = $1 AND gateway_customer_id IS NULL
 """
 AUTO_RECHARGE_OFF = """
 UPDATE accounts SET auto_recharge_enabled = false, updated_at = now() WHERE id = $1

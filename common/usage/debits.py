@@ -16,7 +16,14 @@ from typing import Any
 import asyncpg
 
 from common.accounts.status import enforce_prepaid
-from common.accounts.store import ACCOUNT_COLUMN_COUNT, ACCOUNT_COLUMNS, snapshot
+from common.accounts.store import (
+    ACCOUNT_COLUMN_COUNT,
+    ACCOUNT_COLUMNS,
+    MARK_LOW_BALANCE_ALERTED,
+    snapshot,
+)
+from common.names import EVENT_BALANCE_LOW
+from common.outbox.store import emit_event
 from common.recharge.config import PolicyConfig
 from common.recharge.policy import StartRecharge, decide_recharge
 from common.recharge.runs import start_auto_run
@@ -199,6 +206,7 @@ async def _debit(
 
     for account_id in moved:
         account = accounts[account_id]
+        await _announce_low_balance(conn, account, balances[account_id])
         decision = decide_recharge(
             snapshot(account, balance=balances[account_id]),
             now=account["db_now"],
@@ -218,6 +226,27 @@ async def _debit(
                 balance=balances[account_id],
                 auto_run_in_flight=account["auto_run_in_flight"] or run_id is not None,
             )
+
+
+async def _announce_low_balance(
+    conn: asyncpg.Connection[Any], account: asyncpg.Record, balance: Any
+) -> None:
+    # Decided on the locked row first: an account without an alert, or already below it,
+    # costs no statement on the hot path.
+    level = account["low_balance_alert"]
+    if level is None or account["low_balance_alerted"] or balance >= level:
+        return
+    if await conn.fetchrow(MARK_LOW_BALANCE_ALERTED, account["id"]) is not None:
+        await emit_event(
+            conn,
+            EVENT_BALANCE_LOW,
+            {
+                "account_id": account["id"],
+                "balance": balance,
+                "alert_level": level,
+                "currency": account["currency"],
+            },
+        )
 
 
 def _same_debit(a: Incoming, b: Incoming) -> bool:

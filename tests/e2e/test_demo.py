@@ -167,6 +167,13 @@ def test_the_demo_plays_both_scenarios_on_the_machines_services(
     assert "GET /v1/accounts/faq -> 200: balance 110.00, active" in out
     assert f'curl -H "Authorization: Bearer {token[1]}" {url[1]}/v1/accounts/faq' in out
     assert token[1] not in (state_dir / "logs" / "processes.log").read_text()
+    # The billing console: its URL and a demo customer's one-time credentials.
+    assert "== The billing console (web) ==" in out
+    assert f"console      {url[1]}/login  (GET /login -> 200)" in out
+    assert re.search(r"^\s*username\s+billing-demo-customer$", out, re.M), out
+    password = re.search(r"^\s*password\s+([A-Za-z2-9]{20})\s+\(temporary", out, re.M)
+    assert password, out
+    assert password[1] not in (state_dir / "logs" / "processes.log").read_text()
     # Logs went to the file, not to the timeline.
     assert "ready for action" not in out
     assert "ready for action" in (state_dir / "logs" / "processes.log").read_text()

@@ -199,7 +199,25 @@ async def test_login_upgrades_a_hash_made_with_older_parameters(conn: Conn, acco
     )
     await login(conn, account, NEW, now=at(minutes=2))
     upgraded = (await stored(conn, account))["password_hash"]
-    assert upgraded.startswith("scrypt$16384$8$1$") and passwords.verify_password(NEW, upgraded)
+    assert upgraded.startswith("$argon2id$") and passwords.verify_password(NEW, upgraded)
+
+
+async def test_login_upgrades_a_current_scrypt_hash_to_argon2id(conn: Conn, account: str) -> None:
+    issued = await issue_temporary(conn, account, now=T0)
+    await change_password(conn, account, issued.password, NEW, NEW, now=at(minutes=1))
+    await conn.execute(
+        "UPDATE billing_logins SET password_hash = $2 WHERE account_id = $1",
+        account,
+        passwords.hash_scrypt(NEW),
+    )
+    await login(conn, account, NEW, now=at(minutes=2))
+    upgraded = (await stored(conn, account))["password_hash"]
+    assert upgraded.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+    assert passwords.verify_password(NEW, upgraded)
+    # A wrong password never rewrites the hash.
+    with pytest.raises(WrongPasswordError):
+        await login(conn, account, "Wrong-Horse-99", now=at(minutes=3))
+    assert (await stored(conn, account))["password_hash"] == upgraded
 
 
 async def test_issue_refuses_a_ttl_out_of_range(conn: Conn, account: str) -> None:

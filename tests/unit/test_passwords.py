@@ -18,6 +18,7 @@ from common.credentials.passwords import (
     character_class,
     generate_temporary_password,
     hash_password,
+    hash_scrypt,
     needs_rehash,
     parse_hash,
     policy_violation,
@@ -33,8 +34,45 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode().rstrip("=")
 
 
-def test_hash_is_self_describing_and_is_not_the_password() -> None:
+def test_new_hashes_are_argon2id_with_owasp_parameters() -> None:
     encoded = hash_password("Correct-Horse-42")
+    assert encoded.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+    assert "Correct-Horse-42" not in encoded
+    assert verify_password("Correct-Horse-42", encoded)
+    assert not verify_password("Correct-Horse-43", encoded)
+    assert not needs_rehash(encoded)
+
+
+def test_every_scrypt_hash_wants_an_argon2id_rehash() -> None:
+    legacy = hash_scrypt("Correct-Horse-42")
+    assert verify_password("Correct-Horse-42", legacy)
+    assert needs_rehash(legacy)
+    assert not passwords.scrypt_needs_rehash(legacy)
+
+
+def test_argon2_hashes_with_other_parameters_want_a_rehash() -> None:
+    import argon2
+
+    older = argon2.PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash("Horse-42!x")
+    assert verify_password("Horse-42!x", older)
+    assert needs_rehash(older)
+
+
+@pytest.mark.parametrize(
+    "encoded",
+    [
+        "$argon2id$v=19$m=4194304,t=2,p=1$c2FsdHNhbHRzYWx0c2FsdA$a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2U",
+        "$argon2i$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0c2FsdA$a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2U",
+        "$argon2id$v=19$m=19456,t=2$c2FsdA",
+    ],
+)
+def test_dangerous_or_malformed_argon2_hashes_are_refused(encoded: str) -> None:
+    with pytest.raises(ValueError):
+        verify_password("anything-at-all-1", encoded)
+
+
+def test_scrypt_hash_is_self_describing_and_is_not_the_password() -> None:
+    encoded = hash_scrypt("Correct-Horse-42")
     scheme, n, r, p, salt, key = encoded.split("$")
     assert (scheme, int(n), int(r), int(p)) == ("scrypt", 2**14, 8, 1)
     parsed = parse_hash(encoded)
@@ -46,8 +84,9 @@ def test_hash_is_self_describing_and_is_not_the_password() -> None:
 
 
 def test_same_password_hashes_differently_by_salt_and_both_verify() -> None:
-    first, second = hash_password("Correct-Horse-42"), hash_password("Correct-Horse-42")
+    first, second = hash_scrypt("Correct-Horse-42"), hash_scrypt("Correct-Horse-42")
     assert first != second
+    assert hash_password("Correct-Horse-42") != hash_password("Correct-Horse-42")
     assert parse_hash(first).salt != parse_hash(second).salt
     assert verify_password("Correct-Horse-42", first)
     assert verify_password("Correct-Horse-42", second)
@@ -64,7 +103,7 @@ def test_verification_compares_derived_keys_with_compare_digest(
         calls.append((a, b))
         return real(a, b)
 
-    encoded = hash_password("Correct-Horse-42")
+    encoded = hash_scrypt("Correct-Horse-42")
     monkeypatch.setattr(hmac, "compare_digest", spy)
     assert not verify_password("wrong-password-1", encoded)
     assert len(calls) == 1
