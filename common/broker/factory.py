@@ -9,7 +9,6 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import (
     AgeLimit,
-    AsyncIO,
     Callbacks,
     CurrentMessage,
     Middleware,
@@ -20,6 +19,7 @@ from dramatiq.middleware import (
 )
 
 from common.broker.grouped_acks import GroupedAckRedisBroker
+from common.broker.stopping import DaemonAsyncIO, GracefulStop
 from config.settings import Settings, get_settings
 
 # A recharge run may wait on a slow gateway several times; anything longer is stuck.
@@ -51,9 +51,14 @@ def build_broker(
             min_backoff=settings.retries_min_backoff_ms,
             max_backoff=settings.retries_max_backoff_ms,
         ),
+        # A stop signal delivered twice (process group + dramatiq's forwarding) must not abort
+        # the orderly stop (common/broker/stopping.py).
+        GracefulStop(),
         # AsyncIO boots the event loop in before_worker_boot; resource middleware placed after
-        # it can therefore create engines on that loop in its own before_worker_boot.
-        AsyncIO(),
+        # it can therefore create engines on that loop in its own before_worker_boot, and
+        # dispose of them in after_worker_shutdown before the loop stops (after_* hooks run in
+        # reverse order). Its thread is a daemon: it can never keep a process alive.
+        DaemonAsyncIO(),
         CurrentMessage(),
         *extra_middleware,
     ]
