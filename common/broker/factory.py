@@ -18,7 +18,7 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
-from common.broker.grouped_acks import GroupedAckRedisBroker
+from common.broker.poison import SiftingRedisBroker
 from common.broker.stopping import DaemonAsyncIO, GracefulStop
 from config.settings import Settings, get_settings
 
@@ -31,12 +31,13 @@ def build_broker(
     *,
     extra_middleware: Iterable[Middleware] = (),
     client: Any = None,
-    broker_class: type[RedisBroker] = GroupedAckRedisBroker,
+    broker_class: type[RedisBroker] = SiftingRedisBroker,
 ) -> RedisBroker:
     """Build a RedisBroker with explicit retry values.
 
     `client` lets fast unit tests pass a fakeredis client; everything else uses REDIS_URL.
-    `broker_class`: acks are grouped (common/broker/grouped_acks.py); the benchmark's
+    `broker_class`: acks are grouped (common/broker/grouped_acks.py) and what a consumer
+    cannot run is put aside with its reason (common/broker/poison.py); the benchmark's
     reference no-op worker passes dramatiq's stock RedisBroker.
     """
     settings = settings or get_settings()
@@ -80,7 +81,7 @@ def setup_broker(
     settings: Settings | None = None,
     *,
     extra_middleware: Iterable[Middleware] = (),
-    broker_class: type[RedisBroker] = GroupedAckRedisBroker,
+    broker_class: type[RedisBroker] = SiftingRedisBroker,
 ) -> RedisBroker:
     """Build the broker and make it dramatiq's global one (worker modules call this first)."""
     broker = build_broker(settings, extra_middleware=extra_middleware, broker_class=broker_class)
