@@ -99,7 +99,8 @@ class Proc:
 
     def _stop_by(self, send: Callable[[], None], timeout_s: float) -> float:
         started = time.monotonic()
-        if self.popen.poll() is None:
+        # The group, not the leader: a Procfile line's /bin/sh dies at once, its program not.
+        if group_members(self.popen.pid):
             send()
         while time.monotonic() - started < timeout_s:
             self.popen.poll()  # reap the group leader once it exits
