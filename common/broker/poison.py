@@ -200,6 +200,16 @@ class SiftingConsumer(GroupedAckConsumer):
         except RedisConnectionError as exc:
             raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
 
+    def _requeue_cached(self) -> None:
+        # Sifted like the rest: what cannot run is put aside now, a stand-in keeps its place in
+        # the queue (an id without data, left in the ack set, would be dropped by dramatiq's
+        # maintenance, which requeues only ids that have data).
+        cached, self.message_cache = self.message_cache, []
+        proxies = [proxy for data in cached if (proxy := self._proxy(data)) is not None]
+        ids = [str(proxy.options["redis_message_id"]) for proxy in proxies]
+        if ids:
+            self.broker.do_requeue(self.queue_name, *ids)
+
     def _proxy(self, data: bytes | None) -> MessageProxy | None:
         """The message to hand out for a fetched entry; None when it was put aside."""
         if data is None:

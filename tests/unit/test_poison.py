@@ -192,6 +192,25 @@ def test_a_stand_in_requeued_on_shutdown_comes_back_the_same(broker: RedisBroker
     assert again.message_id == stand_in.message_id and again.kwargs == stand_in.kwargs
 
 
+def test_what_was_fetched_but_not_handed_out_goes_back_on_close(broker: RedisBroker) -> None:
+    # Given a consumer that fetched four entries and handed out one
+    sent = broker.enqueue(dramatiq.Message("usage", "record_usage", (), {"n": 1}, {}))
+    push_raw(broker, "usage", "garbage-4", b"nope")
+    push_raw(broker, "usage", "lonely-2", None)
+    later = broker.enqueue(dramatiq.Message("usage", "record_usage", (), {"n": 2}, {}))
+    consumer = broker.consume("usage", prefetch=4, timeout=10)
+    first = next(consumer)
+    assert first is not None and first.message_id == sent.message_id
+    # When it closes (worker shutdown)
+    consumer.close()
+    # Then the rest is back in the queue, the bad entries as stand-ins, nothing held
+    client = broker.client
+    assert client.scard(names.acks_key(NS, broker.broker_id, "usage")) == 1  # `first`
+    _, got = drain(broker, "usage")
+    assert [m.actor_name for m in got] == [names.ACTOR_UNDECODABLE] * 2 + ["record_usage"]
+    assert got[2].message_id == later.message_id
+
+
 def test_on_other_queues_bad_entries_and_unfit_messages_are_dead_lettered_with_a_reason(
     broker: RedisBroker,
 ) -> None:
