@@ -35,7 +35,8 @@ from dramatiq.middleware import AsyncIO, Middleware
 log = structlog.get_logger(__name__)
 
 # The forwarded copy arrives milliseconds after the manager's signal, later only on a machine
-# under heavy load; a person pressing Ctrl-C twice on purpose is slower than that.
+# under heavy load. The price: someone who means "kill now" must wait 3 s before signalling
+# again (or send SIGKILL, as process managers do after their timeout).
 REPEAT_WINDOW_S = 3.0
 # dramatiq's worker process treats each of these as "stop" (and SIGINT is ignored there).
 STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(
