@@ -32,6 +32,9 @@ ACTOR_RECORD_USAGE_BATCH: Final = "record_usage_batch"
 ACTOR_RUN_RECHARGE: Final = "run_recharge"
 ACTOR_RECHECK_TIER: Final = "recheck_tier"
 ACTOR_RECORD_FAILURE: Final = "record_failure"
+# The stand-in for a usage queue entry that is no dramatiq message (common/broker/poison.py):
+# the balance worker keeps it as rejected usage.
+ACTOR_UNDECODABLE: Final = "undecodable_message"
 
 ACTOR_QUEUES: Final = {
     ACTOR_RECORD_USAGE: QUEUE_USAGE,
@@ -39,6 +42,7 @@ ACTOR_QUEUES: Final = {
     ACTOR_RUN_RECHARGE: QUEUE_CHARGES,
     ACTOR_RECHECK_TIER: QUEUE_RETRIES,
     ACTOR_RECORD_FAILURE: QUEUE_RETRIES,
+    ACTOR_UNDECODABLE: QUEUE_USAGE,
 }
 
 # Outbox destinations: "queue" rows become dramatiq messages, "stream" rows Redis Stream entries.
@@ -89,6 +93,11 @@ def dead_letter_msgs_key(namespace: str, queue: str) -> str:
 
 def heartbeats_key(namespace: str) -> str:
     return f"{namespace}:__heartbeats__"
+
+
+def acks_key(namespace: str, worker_id: str, queue: str) -> str:
+    """The set of ids worker `worker_id` (a broker id) fetched from `queue` and has not acked."""
+    return f"{namespace}:__acks__.{worker_id}.{queue}"
 
 
 def acks_prefix(namespace: str) -> str:

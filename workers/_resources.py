@@ -1,5 +1,5 @@
 """Per-process resources (engine, async Redis, payment gateway), created at worker boot on the
-worker's event loop and disposed on that same loop before it stops.
+worker's event loop and disposed on that same loop once the worker threads have finished.
 
 Nothing connects at import time: `dramatiq workers.balance --processes 2` forks first, and a
 connection made before the fork would be shared by every child. The gateway's HTTP client,
@@ -75,7 +75,7 @@ class ResourcesMiddleware(Middleware):
         try:
             loop_thread.run_coroutine(check_schema(self.settings, unreachable_is_fatal=False))
         except NotStarted:
-            # The loop's thread is not a daemon: left running, the process could never exit.
+            # No worker will run: stop the loop now rather than leave it to the interpreter.
             loop_thread.stop()  # type: ignore[no-untyped-call]
             set_event_loop_thread(None)
             # No worker thread runs yet. dramatiq's main process sees this exit status, says the
@@ -88,7 +88,11 @@ class ResourcesMiddleware(Middleware):
         redis = aioredis.Redis.from_url(self.settings.redis_url)
         return Resources(self.settings, create_engine(self.settings), redis, None)
 
-    def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
+    # after, not before: dramatiq emits before_worker_shutdown while the worker threads are
+    # still running their messages, which would lose their engine mid-transaction. After
+    # worker_shutdown every worker thread has finished (or timed out) and every ack was sent;
+    # the event loop is still running (DaemonAsyncIO comes first, so its after hook runs last).
+    def after_worker_shutdown(self, broker: Any, worker: Any) -> None:
         global _current
         loop_thread = get_event_loop_thread()
         if _current is None or loop_thread is None:

@@ -18,10 +18,16 @@ from dramatiq.middleware import CurrentMessage
 
 from common.crashpoints import crash_point
 from common.metrics import metrics
-from common.names import ACTOR_RECORD_USAGE, ACTOR_RECORD_USAGE_BATCH, QUEUE_USAGE
+from common.names import (
+    ACTOR_RECORD_USAGE,
+    ACTOR_RECORD_USAGE_BATCH,
+    ACTOR_UNDECODABLE,
+    QUEUE_USAGE,
+)
 from common.recharge.config import PolicyConfig
-from common.usage.decode import Submission, decode_batch, decode_single
+from common.usage.decode import Rejection, Submission, decode_batch, decode_single
 from common.usage.group_commit import GroupCommitter
+from common.usage.rejected import store_rejections
 from common.usage.service import Outcome, apply_submissions
 from workers._broker import broker, settings  # noqa: F401  (declares the broker first)
 from workers._context import message_context
@@ -95,3 +101,24 @@ async def record_usage_batch(*args: Any, **kwargs: Any) -> None:
     await _submit(
         decode_batch(args, kwargs, message_id=message_id, actor_name=ACTOR_RECORD_USAGE_BATCH)
     )
+
+
+# The stand-in the consumer hands out for a queue entry that is no dramatiq message (not JSON,
+# not dramatiq's fields, an id without data: common/broker/poison.py); the raw bytes (base64,
+# bounded) and the reason are kept like any other rejected usage. Redelivered, the same
+# stand-in has the same fingerprint and is kept once.
+@dramatiq.actor(actor_name=ACTOR_UNDECODABLE, queue_name=QUEUE_USAGE)
+@message_context()
+async def undecodable_message(*args: Any, **kwargs: Any) -> None:
+    reason = str(kwargs.get("reason") or "undecodable queue entry")
+    payload = {k: v for k, v in kwargs.items() if k != "reason"}
+    rejection = Rejection(
+        reason=f"undecodable message: {reason}",
+        payload=payload,
+        message_id=_message_id(),
+        actor_name=ACTOR_UNDECODABLE,
+    )
+    async with hot_pool().connection() as conn:
+        await store_rejections(conn, [rejection])
+    metrics().debits_rejected.inc()
+    log.warning("usage.rejected", reason=rejection.reason)

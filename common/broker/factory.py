@@ -9,7 +9,6 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import (
     AgeLimit,
-    AsyncIO,
     Callbacks,
     CurrentMessage,
     Middleware,
@@ -19,8 +18,9 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
-from common.broker.grouped_acks import GroupedAckRedisBroker
+from common.broker.poison import SiftingRedisBroker
 from common.broker.rabbitmq import QuorumRabbitmqBroker
+from common.broker.stopping import DaemonAsyncIO, GracefulStop
 from config.settings import Settings, get_settings
 
 # A recharge run may wait on a slow gateway several times; anything longer is stuck.
@@ -31,12 +31,11 @@ def build_broker(
     settings: Settings | None = None,
     *,
     extra_middleware: Iterable[Middleware] = (),
-    broker_class: type[RedisBroker] = GroupedAckRedisBroker,
+    broker_class: type[RedisBroker] = SiftingRedisBroker,
 ) -> dramatiq.Broker:
     """The broker of BROKER_URL: RabbitMQ for amqp://, else Redis (BROKER_URL or REDIS_URL).
 
-    `broker_class`: on Redis, acks are grouped (common/broker/grouped_acks.py); the
-    benchmark's reference no-op worker passes dramatiq's stock RedisBroker.
+    `broker_class`: on Redis, see build_redis_broker.
     """
     settings = settings or get_settings()
     if settings.broker_is_rabbitmq:
@@ -56,10 +55,15 @@ def build_redis_broker(
     *,
     extra_middleware: Iterable[Middleware] = (),
     client: Any = None,
-    broker_class: type[RedisBroker] = GroupedAckRedisBroker,
+    broker_class: type[RedisBroker] = SiftingRedisBroker,
 ) -> RedisBroker:
     """The Redis broker whatever BROKER_URL says: for what only Redis has (tests' fakeredis
-    `client`, the key layout `queues` and `dlq` read)."""
+    `client`, the key layout `queues` and `dlq` read).
+
+    `broker_class`: acks are grouped (common/broker/grouped_acks.py) and what a consumer
+    cannot run is put aside with its reason (common/broker/poison.py); the benchmark's
+    reference no-op worker passes dramatiq's stock RedisBroker.
+    """
     settings = settings or get_settings()
     kwargs: dict[str, Any] = {
         "middleware": _middleware(settings, extra_middleware),
@@ -91,9 +95,14 @@ def _middleware(settings: Settings, extra: Iterable[Middleware]) -> list[Middlew
             min_backoff=settings.retries_min_backoff_ms,
             max_backoff=settings.retries_max_backoff_ms,
         ),
+        # A stop signal delivered twice (process group + dramatiq's forwarding) must not abort
+        # the orderly stop (common/broker/stopping.py).
+        GracefulStop(),
         # AsyncIO boots the event loop in before_worker_boot; resource middleware placed after
-        # it can therefore create engines on that loop in its own before_worker_boot.
-        AsyncIO(),
+        # it can therefore create engines on that loop in its own before_worker_boot, and
+        # dispose of them in after_worker_shutdown before the loop stops (after_* hooks run in
+        # reverse order). Its thread is a daemon: it can never keep a process alive.
+        DaemonAsyncIO(),
         CurrentMessage(),
         *extra,
     ]
@@ -103,7 +112,7 @@ def setup_broker(
     settings: Settings | None = None,
     *,
     extra_middleware: Iterable[Middleware] = (),
-    broker_class: type[RedisBroker] = GroupedAckRedisBroker,
+    broker_class: type[RedisBroker] = SiftingRedisBroker,
 ) -> dramatiq.Broker:
     """Build the broker and make it dramatiq's global one (worker modules call this first)."""
     broker = build_broker(settings, extra_middleware=extra_middleware, broker_class=broker_class)

@@ -26,6 +26,7 @@ from typing import Any
 import redis
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.errors import ConnectionClosed
+from dramatiq.message import Message
 
 ACK_MANY_LUA = """
 local namespace = KEYS[1]
@@ -100,8 +101,34 @@ class GroupedAckConsumer(_RedisConsumer):
                 self._flush()
         except Exception:  # those messages are redelivered later, and deduped
             self.logger.warning("Could not send %d buffered acks.", len(self._buffered))
+        try:
+            self._requeue_cached()
+        except Exception:  # left in the ack set: redelivered after the heartbeat timeout
+            self.logger.warning("Could not requeue prefetched messages.")
         finally:
             super().close()
+
+    def _requeue_cached(self) -> None:
+        """Put back what was fetched but never handed to a worker.
+
+        dramatiq's consumer thread stops between two messages of a prefetched batch and its
+        Redis consumer drops the rest of the batch on close, leaving those ids in this
+        worker's ack set: they would wait for the heartbeat timeout and a maintenance pass
+        (minutes) before anyone got them. Requeued now, the next worker takes them at once.
+        """
+        cached, self.message_cache = self.message_cache, []
+        ids = [rid for data in cached if (rid := self.cached_redis_id(data)) is not None]
+        if ids:
+            self.broker.do_requeue(self.queue_name, *ids)
+
+    def cached_redis_id(self, data: bytes | None) -> str | None:
+        """The Redis id of a fetched entry, None when it cannot be told (left for redelivery)."""
+        if data is None:
+            return None
+        try:
+            return str(Message.decode(data).options["redis_message_id"])
+        except Exception:
+            return None
 
 
 class GroupedAckRedisBroker(RedisBroker):

@@ -91,6 +91,13 @@ class DeadLetter:
         return options if isinstance(options, dict) else {}
 
     @property
+    def dead_reason(self) -> str | None:
+        # Set when the worker put the message aside without running it (unknown actor,
+        # arguments that do not fit, an entry that was no message: common/broker/poison.py).
+        reason = self.options.get("dead_reason")
+        return str(reason) if reason else None
+
+    @property
     def traceback(self) -> str | None:
         # Retries stores the traceback of a failure in the copy it re-enqueues; the attempt that
         # finally dies is nacked with the copy already in Redis, so this is the previous failure.

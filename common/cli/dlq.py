@@ -94,6 +94,7 @@ def _summary(letter: DeadLetter) -> dict[str, Any]:
         "retries": letter.options.get("retries", 0),
         "kwargs_preview": _kwargs_preview(letter),
         "error": _error(letter),
+        "dead_reason": letter.dead_reason,
         "traceback": letter.traceback,
     }
 
@@ -131,7 +132,9 @@ def _list(args: argparse.Namespace) -> int:
         show(
             line,
             Text(f"    kwargs: {_kwargs_preview(letter)}"),
-            Text(f"    error:  {_error(letter) or '(no traceback stored)'}"),
+            Text(f"    error:  {_error(letter) or '(no traceback stored)'}")
+            if letter.dead_reason is None
+            else Text(f"    reason: {letter.dead_reason}"),
         )
     return 0
 
@@ -163,6 +166,8 @@ def _show(args: argparse.Namespace) -> int:
         return 0
     print(f"message {letter.message_id} (Redis id {letter.redis_id})")
     print(f"queue {letter.queue}, actor {letter.actor or '?'}, died {whole['died_at']}")
+    if letter.dead_reason:
+        print(f"put aside unrun: {letter.dead_reason}")
     print(json.dumps(letter.message, indent=2, default=str, ensure_ascii=False))
     if letter.traceback:
         print("traceback stored by the Retries middleware:")

@@ -108,12 +108,12 @@ class Honcho:
     def stop(self, timeout_s: float = 20) -> float:
         """Stop every Procfile process, gracefully; returns the seconds it took.
 
-        Not by signalling honcho: honcho SIGTERMs each process *group*, so every dramatiq
-        worker gets SIGTERM twice (from honcho, then forwarded by its main process), takes
-        dramatiq's "kill" path, hangs, and is SIGKILLed by honcho 5 s later. Instead honcho is
-        paused (its output readers keep running), each group gets SIGINT (dramatiq's main
-        process turns it into one SIGTERM per worker, and the workers ignore SIGINT; the relay
-        stops on SIGINT), and honcho resumes once they are gone: it finds them all stopped.
+        As a supervisor does: SIGTERM to each process group (dramatiq's main process and its
+        workers alike: a worker takes the second copy for the same request, see
+        common/broker/stopping.py), SIGKILL to whatever is left after `timeout_s`. honcho is
+        paused meanwhile (its output readers keep running): on the first exit it would signal
+        the others again and SIGKILL them after its own 5 s. It resumes once they are gone and
+        finds them all stopped.
         """
         started = time.monotonic()
         groups = self.child_pids()
@@ -121,7 +121,7 @@ class Honcho:
             _signal(self.popen.pid, signal.SIGSTOP)
             try:
                 for pgid in groups:
-                    _signal_group(pgid, signal.SIGINT)
+                    _signal_group(pgid, signal.SIGTERM)
                 _wait_groups_gone(groups, timeout_s)
                 for pgid in groups:  # what did not stop in time
                     _signal_group(pgid, signal.SIGKILL)

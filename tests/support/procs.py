@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -68,17 +69,48 @@ class Proc:
         self.popen.wait(timeout=10)
 
     def stop(self, timeout_s: float = 20) -> None:
-        if self.popen.poll() is None:
-            # Only the parent: dramatiq forwards SIGTERM to its workers, and a worker that gets
-            # a second SIGTERM takes dramatiq's "kill" path, which can hang.
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        # A crashed child may outlive its parent: reap the group.
+        """Stop as a supervisor does: SIGTERM to the whole process group (dramatiq's main
+        process and its workers alike), SIGKILL to whatever is left after `timeout_s`."""
+        self.stop_group(timeout_s)
         self._signal_group(signal.SIGKILL)
+        with suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=10)
         self._log_handle.close()
+
+    def stop_group(self, timeout_s: float = 20) -> float:
+        """SIGTERM to the group; the seconds until no process of it is left (or timeout_s)."""
+        return self._stop_by(lambda: self._signal_group(signal.SIGTERM), timeout_s)
+
+    def stop_main(self, timeout_s: float = 20) -> float:
+        """SIGTERM to the main process only (dramatiq's main process forwards it to its
+        workers); the seconds until no process of the group is left (or timeout_s)."""
+        main = self.main_pid()
+        return self._stop_by(lambda: os.kill(main, signal.SIGTERM), timeout_s)
+
+    def main_pid(self) -> int:
+        """The program's top process: the leader, or its child when the leader is the
+        `/bin/sh -c` that runs a Procfile line (dash does not exec the command)."""
+        members = group_members(self.popen.pid)
+        programs = [pid for pid in members if _argv(pid)[:1] != ["/bin/sh"]]
+        parents = {pid: _ppid(pid) for pid in programs}
+        tops = [pid for pid in programs if parents[pid] not in parents]
+        assert len(tops) == 1, f"{self.name}: no single main process in {members}"
+        return tops[0]
+
+    def _stop_by(self, send: Callable[[], None], timeout_s: float) -> float:
+        started = time.monotonic()
+        # The group, not the leader: a Procfile line's /bin/sh dies at once, its program not.
+        if group_members(self.popen.pid):
+            send()
+        while time.monotonic() - started < timeout_s:
+            self.popen.poll()  # reap the group leader once it exits
+            if not group_members(self.popen.pid):
+                break
+            time.sleep(0.05)
+        return time.monotonic() - started
+
+    def signal_group(self, sig: signal.Signals) -> None:
+        self._signal_group(sig)
 
     def _signal_group(self, sig: signal.Signals) -> None:
         with suppress(ProcessLookupError, PermissionError):
@@ -160,24 +192,50 @@ def group_members(pgid: int) -> list[int]:
     return found
 
 
-class GroupProc(Proc):
-    """A process that stops as a supervisor stops it: SIGTERM to its whole process group."""
+def _argv(pid: int) -> list[str]:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_text().split("\0")
+    except OSError:
+        return []
 
-    def stop(self, timeout_s: float = 20) -> None:
-        self.stop_group(timeout_s)
-        self._signal_group(signal.SIGKILL)
-        self._log_handle.close()
 
-    def stop_group(self, timeout_s: float = 20) -> float:
-        """SIGTERM to the group; the seconds until no process of it is left (or timeout_s)."""
-        started = time.monotonic()
-        self._signal_group(signal.SIGTERM)
-        while time.monotonic() - started < timeout_s:
-            self.popen.poll()  # reap the group leader once it exits
-            if not group_members(self.popen.pid):
-                break
-            time.sleep(0.05)
-        return time.monotonic() - started
+def _ppid(pid: int) -> int:
+    try:
+        return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def procfile_process(name: str, env: dict[str, str]) -> Proc:
+    """A Procfile line run as honcho runs it (`/bin/sh -c LINE` in the repository, a process
+    group of its own), with the interpreter running the tests and metrics on free ports in the
+    scratch directory; returns once it is ready (each worker process, for dramatiq)."""
+    entry = procfile.read(REPO / "Procfile")[name]
+    prom = scratch_dir() / "prom"
+    prom.mkdir(exist_ok=True)
+    run_env = env | {
+        # bin/python: the interpreter running the tests, as `make run` and the demo set it.
+        "CONTACTO_PYTHON": sys.executable,
+        "CONTACTO_PROM_DIR": str(prom),
+        f"CONTACTO_{name.upper()}_METRICS_PORT": str(free_port()),
+    }
+    proc = Proc(["/bin/sh", "-c", entry.command], run_env, name)
+    if entry.program() == "dramatiq":
+        count = int(entry.option("--processes", "-p") or 1)
+        proc.wait_for("Worker process is ready for action", count=count, timeout_s=60)
+    elif entry.program() == "workers.relay":
+        proc.wait_for("relay.started", timeout_s=60)
+    return proc
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# Every Proc stops as a supervisor stops it now; the name stays for the web tests.
+GroupProc = Proc
 
 
 def web(env: dict[str, str], port: int, *, workers: int = 1) -> GroupProc:

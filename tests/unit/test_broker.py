@@ -19,6 +19,7 @@ from common.names import (
     QUEUE_USAGE,
 )
 from common.recharge.reconcile import broker_view, work_key
+from common.broker.stopping import DaemonAsyncIO, GracefulStop
 from config.settings import Settings
 
 
@@ -28,7 +29,9 @@ def test_factory_sets_explicit_retries_and_asyncio() -> None:
     retries = next(m for m in broker.middleware if isinstance(m, Retries))
     assert (retries.max_retries, retries.min_backoff) == (7, 250)
     kinds = [type(m) for m in broker.middleware]
-    assert AsyncIO in kinds and kinds.index(AsyncIO) < len(kinds)
+    # The loop thread is a daemon, and a stop signal delivered twice does not abort the stop.
+    assert DaemonAsyncIO in kinds and GracefulStop in kinds
+    assert sum(isinstance(m, AsyncIO) for m in broker.middleware) == 1
 
 
 def test_usage_messages_are_the_contract_shape() -> None:
