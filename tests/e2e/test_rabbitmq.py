@@ -4,6 +4,7 @@ its own (RabbitMQ's namespace), queues declared quorum."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import uuid
@@ -40,7 +41,9 @@ def _rabbitmqctl(*args: str) -> None:
 def vhost() -> Iterator[str]:
     """A vhost of the test's own: its queues start empty, and go with it."""
     if shutil.which("rabbitmqctl") is None:
-        pytest.fail("rabbitmqctl not found: RabbitMQ must run on this machine (see .ci/run)")
+        # In CI it must run (.ci/run starts it); elsewhere, a machine without RabbitMQ skips.
+        why = "rabbitmqctl not found: RabbitMQ must run on this machine (see .ci/run)"
+        pytest.fail(why) if os.environ.get("CI") else pytest.skip(why)
     name = f"contacto-test-{uuid.uuid4().hex[:8]}"
     _rabbitmqctl("add_vhost", name)
     try:

@@ -11,6 +11,7 @@ from dramatiq.middleware import AsyncIO, Retries
 from common import names
 from common.broker.factory import build_redis_broker
 from common.broker.publish import usage_batch_message, usage_message
+from common.broker.stopping import DaemonAsyncIO, GracefulStop
 from common.names import (
     ACTOR_RECORD_USAGE,
     ACTOR_RUN_RECHARGE,
@@ -19,7 +20,6 @@ from common.names import (
     QUEUE_USAGE,
 )
 from common.recharge.reconcile import broker_view, work_key
-from common.broker.stopping import DaemonAsyncIO, GracefulStop
 from config.settings import Settings
 
 

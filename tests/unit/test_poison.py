@@ -12,7 +12,7 @@ import pytest
 from dramatiq.brokers.redis import RedisBroker
 
 from common import names
-from common.broker.factory import build_broker
+from common.broker.factory import build_redis_broker
 from common.broker.poison import (
     MAX_RAW_BYTES,
     SiftingConsumer,
@@ -107,7 +107,7 @@ def test_unknown_actors_and_arguments_that_do_not_bind_are_unfit() -> None:
 
 @pytest.fixture
 def broker() -> RedisBroker:
-    broker = build_broker(
+    broker = build_redis_broker(
         Settings(CONTACTO_BROKER_NAMESPACE=NS),
         client=fakeredis.FakeRedis(),
         broker_class=SiftingRedisBroker,
@@ -238,5 +238,5 @@ def test_on_other_queues_bad_entries_and_unfit_messages_are_dead_lettered_with_a
 
 
 def test_the_factory_gives_every_worker_the_sifting_consumer() -> None:
-    broker = build_broker(client=fakeredis.FakeRedis())
+    broker = build_redis_broker(client=fakeredis.FakeRedis())
     assert isinstance(broker.consume("usage"), SiftingConsumer)

@@ -9,7 +9,7 @@ from typing import Any
 import fakeredis
 from dramatiq.asyncio import get_event_loop_thread
 
-from common.broker.factory import build_broker
+from common.broker.factory import build_redis_broker
 from common.broker.stopping import DaemonAsyncIO, RepeatFilter
 
 
@@ -60,7 +60,7 @@ def test_every_stop_signal_shares_one_state_and_keeps_its_own_handler() -> None:
 
 
 def test_the_event_loop_thread_is_a_daemon_and_stops_on_shutdown() -> None:
-    broker = build_broker(client=fakeredis.FakeRedis())
+    broker = build_redis_broker(client=fakeredis.FakeRedis())
     asyncio_mw = next(m for m in broker.middleware if isinstance(m, DaemonAsyncIO))
     worker: Any = None
     asyncio_mw.before_worker_boot(broker, worker)
