@@ -9,14 +9,13 @@ from typing import Any
 
 import httpx
 import pytest
-import structlog
-import structlog.testing
 from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
 from common.names import ACTOR_RECORD_USAGE, ACTOR_RECORD_USAGE_BATCH
 from config.settings import AccessLog, Settings, WebSettings, settings_problem
 from tests.support.factories import event
+from web import middleware as web_middleware
 from web.__main__ import base_url, uvicorn_config
 from web.api.usage import decode_request, refusal
 from web.app import create_app
@@ -96,19 +95,29 @@ async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
     ],
 )
 async def test_which_requests_get_an_access_line(
-    mode: AccessLog, slow_request_ms: float, logged: set[str]
+    mode: AccessLog,
+    slow_request_ms: float,
+    logged: set[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     def route(scope: Scope, receive: Receive, send: Send) -> Any:
         return (_ok if scope["path"] == "/ok" else _not_found)(scope, receive, send)
 
-    with structlog.testing.capture_logs() as lines:
-        for path in ("/ok", "/missing"):
-            wrapped = RequestContext(
-                route, max_body_bytes=1000, access_log=mode, slow_request_ms=slow_request_ms
-            )
-            transport = httpx.ASGITransport(app=wrapped)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-                await client.get(path)
+    lines: list[dict[str, Any]] = []
+
+    class Recorder:
+        def info(self, event: str, **fields: Any) -> None:
+            lines.append({"event": event, **fields})
+
+    # structlog caches a module's logger at first use: record what the middleware sends it.
+    monkeypatch.setattr(web_middleware, "log", Recorder())
+    for path in ("/ok", "/missing"):
+        wrapped = RequestContext(
+            route, max_body_bytes=1000, access_log=mode, slow_request_ms=slow_request_ms
+        )
+        transport = httpx.ASGITransport(app=wrapped)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            await client.get(path)
     assert {line["path"] for line in lines if line["event"] == "http.request"} == logged
 
 
