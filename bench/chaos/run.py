@@ -14,6 +14,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -213,6 +214,9 @@ class Run:
             missing = asyncio.run(self.missing(cut))
             publisher.replay(missing)
             self.note(f"upstream replayed {len(missing)} events not recorded at the flush")
+        self.revive(stack)
+
+    def revive(self, stack: Stack) -> None:
         for kind in stack.revive():
             self.note(f"{kind} had died on its own: restarted")
 
@@ -231,9 +235,8 @@ class Run:
     def play(self, stack: Stack, plan: Plan) -> Publisher:
         settings = Settings()
         publisher = Publisher(build_broker(settings), plan, self.args.duration)
-        feeder = FaultFeeder(
-            redis.Redis.from_url(self.args.gateway_redis), self.sim_prefix, self.rng
-        )
+        gateway_redis = redis.Redis.from_url(self.args.gateway_redis)
+        feeder = FaultFeeder(gateway_redis, self.sim_prefix, self.rng)
         feeder.top_up()
         actions = schedule(self.rng, self.args.duration, self.args.kills)
         threads = [
@@ -247,22 +250,32 @@ class Run:
             f"load: {len(plan.events)} events in {len(plan.messages)} messages over "
             f"{self.args.duration:g} s; {len(actions)} faults scheduled"
         )
+        # One thread per kind: a group that takes 20 s to stop must not hold back the faults
+        # of the others, nor the servers' restarts (which run on this thread).
+        per_kind = {k: ThreadPoolExecutor(1, thread_name_prefix=f"chaos-{k}") for k in KINDS}
+        futures: list[Future[None]] = []
         try:
             for action in actions:
                 while (wait := t0 + action.at_s - time.monotonic()) > 0:
                     time.sleep(min(wait, 1.0))
-                    for kind in stack.revive():
-                        self.note(f"{kind} had died on its own: restarted")
-                self.act(stack, action, publisher)
+                    self.revive(stack)
+                if action.kind:
+                    futures.append(per_kind[action.kind].submit(self.act, stack, action, publisher))
+                else:
+                    self.act(stack, action, publisher)
             while not publisher.done.wait(1.0):
-                for kind in stack.revive():
-                    self.note(f"{kind} had died on its own: restarted")
+                self.revive(stack)
+            for future in futures:
+                future.result()
         except BaseException:
             publisher.stop.set()
             raise
         finally:
+            for pool in per_kind.values():
+                pool.shutdown(wait=True, cancel_futures=True)
             # Faults stop with the load: the settle phase is recovery, not more chaos.
             used = feeder.finish()
+            gateway_redis.close()
         self.note(f"load done: {publisher.sent_messages} messages sent")
         self.outcome.injected.update(
             gateway_faults={k: used.get(k, 0) for k in ("decline", "timeout", "lost_response")},
@@ -307,8 +320,7 @@ class Run:
         quiet = 0
         try:
             while time.monotonic() < deadline:
-                for kind in stack.revive():
-                    self.note(f"{kind} had died on its own: restarted")
+                self.revive(stack)
                 try:
                     last = self.pending(client, sent)
                 except Exception as exc:  # a server answering slowly is not the end
@@ -411,6 +423,8 @@ class Run:
             sigterm_stop_s=t.term_stop_s,
             restarts=dict(sorted(t.restarts.items())),
             died_unasked=dict(sorted(t.died_unasked.items())),
+            failed_starts=dict(sorted(t.failed_starts.items())),
+            orphans_killed_after_main=dict(sorted(t.orphans_killed.items())),
             postgres_restarts=self.pg.restarts,
             redis_restarts=self.redis.restarts,
             redis_flushes=self.redis.flushes,

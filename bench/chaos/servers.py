@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -47,9 +48,13 @@ class Postgres:
 
     def __init__(self, base: Path) -> None:
         self.bin = _pg_bin()
-        self.data = base / "pg"
-        self.sockets = base / "pgsock"
-        self.log = base / "postgres.log"
+        # PostgreSQL refuses to run as root: as root, its directory belongs to the system's
+        # `postgres` user, and initdb and pg_ctl run as that user.
+        self.user = "postgres" if os.geteuid() == 0 else None
+        self.home = base / "pg"
+        self.data = self.home / "data"
+        self.sockets = self.home / "sock"
+        self.log = self.home / "postgres.log"
         self.port = free_port()
         self.restarts = 0
 
@@ -60,10 +65,14 @@ class Postgres:
     def start(self) -> None:
         if not self.data.exists():
             self.sockets.mkdir(parents=True)
+            if self.user is not None:
+                _reachable_by_others(self.home)
+                for path in (self.home, self.sockets):
+                    shutil.chown(path, self.user, self.user)
             subprocess.run(
                 [str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres",
                  "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"],
-                check=True, capture_output=True,
+                check=True, capture_output=True, user=self.user,
             )  # fmt: skip
         # fsync off: the restart here is a clean one (`-m fast` writes everything out); fsync
         # only guards against the operating system crashing, which this run does not simulate,
@@ -92,8 +101,17 @@ class Postgres:
     def _ctl(self, *args: str) -> None:
         subprocess.run(
             [str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), *args],
-            check=True, capture_output=True,
+            check=True, capture_output=True, user=self.user,
         )  # fmt: skip
+
+
+def _reachable_by_others(path: Path) -> None:
+    """o+x on every directory above `path` (a temporary directory is 0700), so that the
+    `postgres` user can reach its own directory; nothing is made readable."""
+    for parent in path.parents:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            parent.chmod(mode | stat.S_IXOTH)
 
 
 class Redis:

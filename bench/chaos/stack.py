@@ -10,6 +10,7 @@ import os
 import random
 import signal
 import subprocess
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,6 +27,14 @@ KINDS: Final = ("balance", "charge", "retry", "relay")
 _READY: Final = {"relay": "relay.started"}
 _DRAMATIQ_READY: Final = "Worker process is ready for action"
 START_TIMEOUT_S: Final = 120.0  # two cores shared by four people: imports can take a while
+ORPHAN_GRACE_S: Final = 3.0
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def group_members(pgid: int) -> list[int]:
@@ -58,6 +67,10 @@ class Tally:
     restarts: Counter[str] = field(default_factory=Counter)
     term_stop_s: dict[str, float] = field(default_factory=dict)
     died_unasked: Counter[str] = field(default_factory=Counter)  # found dead, restarted
+    failed_starts: Counter[str] = field(default_factory=Counter)  # started again
+    # The main process SIGKILLed: its worker processes are orphans that keep consuming (nothing
+    # tells them to stop); SIGKILLed as systemd's control-group kill would. Not a violation.
+    orphans_killed: Counter[str] = field(default_factory=Counter)
 
 
 class Stack:
@@ -68,11 +81,29 @@ class Stack:
         self.entries = procfile.read(REPO / "Procfile")
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.tally = Tally()
+        # Held while a kind is killed, stopped or restarted: the faults of different kinds run
+        # at once (as they would in production), and revive() leaves a kind being handled alone.
+        self.locks = {kind: threading.Lock() for kind in KINDS}
 
     def log(self, kind: str) -> Path:
         return self.logdir / f"{kind}.log"
 
-    def start(self, kind: str) -> None:
+    def start(self, kind: str, attempts: int = 3) -> None:
+        """Start `kind` and wait until it is ready; a start that fails (PostgreSQL or Redis
+        restarting at that moment) is retried, as a supervisor would."""
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start(kind)
+                return
+            except RuntimeError:
+                self._kill_group(kind)
+                if attempt == attempts:
+                    raise
+                self.tally.failed_starts[kind] += 1
+                say(f"{kind} did not start (attempt {attempt}): starting it again")
+                time.sleep(2)
+
+    def _start(self, kind: str) -> None:
         entry = self.entries[kind]
         log = self.log(kind)
         offset = log.stat().st_size if log.exists() else 0
@@ -116,55 +147,79 @@ class Stack:
         self.procs[kind].wait()
         self._wait_gone(kind, 10)
 
+    def roles(self, kind: str) -> tuple[int | None, list[int]]:
+        """(the main process, its children): the shell honcho-style runs each line with is the
+        group leader; its child is the process the line starts (dramatiq's main process, or
+        the relay); that one's children are dramatiq's worker and fork processes."""
+        leader = self.procs[kind].pid
+        parents = {pid: _ppid(pid) for pid in self.members(kind)}
+        main = next((pid for pid, ppid in parents.items() if ppid == leader), None)
+        children = [pid for pid, ppid in parents.items() if main is not None and ppid == main]
+        return main, children
+
     def kill(self, kind: str, rng: random.Random) -> str:
-        """SIGKILL one random process of the group (a dramatiq worker process, its main process,
-        the shell, or the relay): a crash, an OOM kill. The rest of the group is given
-        `stop_timeout_s` to notice and exit (dramatiq's main process stops the others when one
-        dies), then SIGKILLed and counted. Restarted either way."""
-        members = self.members(kind)
-        victim = rng.choice(members) if members else self.procs[kind].pid
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(victim, signal.SIGKILL)
-        self.tally.kills[kind] += 1
-        what = "main" if victim == self.procs[kind].pid else f"pid {victim}"
-        if not self._wait_gone(kind, self.stop_timeout_s):
-            self.tally.stuck_after_kill[kind] += 1
-            say(f"{kind}: still running {self.stop_timeout_s:g} s after SIGKILL of {what}")
-        self._kill_group(kind)
-        self.start(kind)
-        self.tally.restarts[kind] += 1
-        return what
+        """SIGKILL one process (a crash, an OOM kill): a worker process three times in four
+        when there are any, else the main one. A dead worker process makes dramatiq's main
+        process stop the others and exit: the group has `stop_timeout_s` to be gone, or it is
+        SIGKILLed and counted. A dead main process leaves its workers orphaned (they never
+        exit): SIGKILLed after a few seconds, as a supervisor would. Restarted either way."""
+        with self.locks[kind]:
+            main, children = self.roles(kind)
+            if children and rng.random() < 0.75:
+                victim, what = rng.choice(children), "a worker process"
+            else:
+                victim, what = main or self.procs[kind].pid, "the main process"
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
+            self.tally.kills[kind] += 1
+            if victim == main and children:
+                if not self._wait_gone(kind, ORPHAN_GRACE_S):
+                    self.tally.orphans_killed[kind] += 1
+            elif not self._wait_gone(kind, self.stop_timeout_s):
+                self.tally.stuck_after_kill[kind] += 1
+                say(f"{kind}: still running {self.stop_timeout_s:g} s after SIGKILL of {what}")
+            self._kill_group(kind)
+            self.start(kind)
+            self.tally.restarts[kind] += 1
+            return what
 
     def term(self, kind: str) -> float:
         """SIGTERM to the whole group, as systemd (KillMode=control-group) and honcho stop a
         service; SIGKILL after `stop_timeout_s` (counted). Restarted. Returns the stop time."""
-        started = time.monotonic()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.procs[kind].pid, signal.SIGTERM)
-        self.tally.terms[kind] += 1
-        stopped = self._wait_gone(kind, self.stop_timeout_s)
-        took = time.monotonic() - started
-        if not stopped:
-            self.tally.stuck_after_term[kind] += 1
-            say(f"{kind}: still running {self.stop_timeout_s:g} s after SIGTERM: SIGKILL")
-        self._kill_group(kind)
-        self.tally.term_stop_s[kind] = round(took, 1)
-        self.start(kind)
-        self.tally.restarts[kind] += 1
-        return took
+        with self.locks[kind]:
+            started = time.monotonic()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.procs[kind].pid, signal.SIGTERM)
+            self.tally.terms[kind] += 1
+            stopped = self._wait_gone(kind, self.stop_timeout_s)
+            took = time.monotonic() - started
+            if not stopped:
+                self.tally.stuck_after_term[kind] += 1
+                say(f"{kind}: still running {self.stop_timeout_s:g} s after SIGTERM: SIGKILL")
+            self._kill_group(kind)
+            self.tally.term_stop_s[kind] = round(took, 1)
+            self.start(kind)
+            self.tally.restarts[kind] += 1
+            return took
 
     def revive(self) -> list[str]:
         """Restart whatever died without being asked to (a worker that crashed on a database
         restart, say); a deployment's supervisor would. Returns the kinds restarted."""
         revived = []
-        for kind, proc in self.procs.items():
-            if proc.poll() is not None:
-                self._kill_group(kind)  # a worker process may outlive its main one
-                self.tally.died_unasked[kind] += 1
-                say(f"{kind} exited on its own ({proc.returncode}): restarting it")
-                self.start(kind)
-                self.tally.restarts[kind] += 1
-                revived.append(kind)
+        for kind in list(self.procs):
+            if not self.locks[kind].acquire(blocking=False):
+                continue  # being killed or restarted right now
+            try:
+                proc = self.procs[kind]
+                if proc.poll() is not None:
+                    self._kill_group(kind)  # a worker process may outlive its main one
+                    self.tally.died_unasked[kind] += 1
+                    say(f"{kind} exited on its own ({proc.returncode}): restarting it")
+                    self.start(kind)
+                    self.tally.restarts[kind] += 1
+                    revived.append(kind)
+            finally:
+                self.locks[kind].release()
         return revived
 
     def stop_all(self) -> None:
