@@ -25,6 +25,7 @@ from common.broker.publish import usage_batch_message, usage_message
 # charge worker with the same idempotency key, so each is one more call, not one more charge).
 FAULT_MIX: Final = (("decline", 0.10), ("timeout", 0.05), ("lost_response", 0.02))
 MAX_BATCH: Final = 50
+HOT_WEIGHT: Final = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +64,17 @@ class Plan:
 
 
 def make_plan(
-    rng: random.Random, run: str, accounts: list[str], events: int, duplicate_rate: float
+    rng: random.Random,
+    run: str,
+    accounts: list[str],
+    events: int,
+    duplicate_rate: float,
+    hot: frozenset[str] = frozenset(),
 ) -> Plan:
     """`events` distinct events over `accounts`, half sent one by one and half in batches of
-    2 to MAX_BATCH, plus `duplicate_rate` of re-sent earlier events (a publisher's retry)."""
+    2 to MAX_BATCH, plus `duplicate_rate` of re-sent earlier events (a publisher's retry).
+    `hot` accounts get three times the usage of the others."""
+    weights = [HOT_WEIGHT if a in hot else 1 for a in accounts]
     distinct: dict[str, Event] = {}
     sent: list[Event] = []  # already in an earlier message: what a duplicate may repeat
     messages: list[list[Event]] = []
@@ -84,7 +92,9 @@ def make_plan(
                 break
             # Cents: the sums to check are exact, and so is every balance.
             ev = Event(
-                f"ev-{run}-{i:07d}", rng.choice(accounts), Decimal(rng.randint(1, 200)) / 100
+                f"ev-{run}-{i:07d}",
+                rng.choices(accounts, weights)[0],
+                Decimal(rng.randint(1, 200)) / 100,
             )
             distinct[ev.event_id] = ev
             message.append(ev)

@@ -143,7 +143,7 @@ class Run:
 
     # --- set-up ------------------------------------------------------------------------------
 
-    def setup(self) -> tuple[dict[str, str], list[str]]:
+    def setup(self) -> tuple[dict[str, str], list[str], frozenset[str]]:
         self.pg.start()
         self.redis.start()
         env = self.env()
@@ -160,15 +160,15 @@ class Run:
         )  # fmt: skip
         if done.returncode != 0:
             raise RuntimeError(f"db upgrade failed:\n{done.stdout}{done.stderr}")
-        accounts = asyncio.run(self.create_accounts(Settings()))
+        accounts, declining = asyncio.run(self.create_accounts(Settings()))
         self.note(
             f"{len(accounts)} accounts with cards and auto-recharge (T {THRESHOLD}, R {RECHARGE})"
         )
-        return env, accounts
+        return env, accounts, declining
 
-    async def create_accounts(self, settings: Settings) -> list[str]:
+    async def create_accounts(self, settings: Settings) -> tuple[list[str], frozenset[str]]:
         ids = [f"chaos-{self.run}-{n:04d}" for n in range(self.args.accounts)]
-        declining = set(self.rng.sample(ids, max(1, int(len(ids) * DECLINING_SHARE))))
+        declining = frozenset(self.rng.sample(ids, max(1, int(len(ids) * DECLINING_SHARE))))
         conn = await asyncpg.connect(settings.asyncpg_dsn)
         client = aioredis.Redis.from_url(self.args.gateway_redis)
         gateway = SimulatedGateway(client, self.sim_prefix)
@@ -186,7 +186,7 @@ class Run:
             await conn.close()
             await client.aclose()
         self.outcome.injected["accounts_always_declining"] = len(declining)
-        return ids
+        return ids, declining
 
     # --- the chaos ---------------------------------------------------------------------------
 
@@ -384,8 +384,9 @@ class Run:
 
     def execute(self) -> Outcome:
         try:
-            env, accounts = self.setup()
-            plan = make_plan(self.rng, self.run, accounts, self.args.events, 0.05)
+            env, accounts, declining = self.setup()
+            # The declining accounts spend faster: they reach 0, and the ladder's end, in time.
+            plan = make_plan(self.rng, self.run, accounts, self.args.events, 0.05, declining)
             self.stack = Stack(env, self.logdir, self.args.stop_timeout)
             self.stack.start_all()
             self.note("pipeline started: " + ", ".join(KINDS))

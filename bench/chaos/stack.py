@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -125,8 +126,10 @@ class Stack:
             time.sleep(0.1)
 
     def start_all(self) -> None:
-        for kind in KINDS:
-            self.start(kind)
+        """All at once: each start is mostly imports, waiting on a busy machine's cores."""
+        with ThreadPoolExecutor(len(KINDS)) as pool:
+            for future in [pool.submit(self.start, kind) for kind in KINDS]:
+                future.result()
 
     def members(self, kind: str) -> list[int]:
         return group_members(self.procs[kind].pid)
@@ -228,8 +231,9 @@ class Stack:
             if self.procs[kind].poll() is None or self.members(kind):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.procs[kind].pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout_s  # one for all: they stop at once
         for kind in list(self.procs):
-            if not self._wait_gone(kind, self.stop_timeout_s):
+            if not self._wait_gone(kind, max(0.0, deadline - time.monotonic())):
                 self.tally.stuck_after_term[kind] += 1
                 say(f"{kind}: still running {self.stop_timeout_s:g} s after the final SIGTERM")
             self._kill_group(kind)
