@@ -35,6 +35,7 @@ from common.accounts.support import create_account, credit_account
 from common.broker.factory import build_broker
 from common.broker.inspect import queue_stats
 from common.gateway.simulated import SimulatedGateway, delete_state
+from common.names import QUEUE_CHARGES, QUEUE_RETRIES
 from common.recharge.settings import attach_card, set_auto_recharge
 from config.settings import Settings
 
@@ -204,10 +205,17 @@ class Run:
             took = self.redis.restart()
             self.note(f"Redis restarted ({took:.1f} s down)")
         elif action.what == "flush":
+            # The flush is meant to strand internal work (issue 12, fault 3): wait, a little,
+            # for a run_recharge / record_failure / recheck_tier message to be in Redis.
+            internal = self.internal_messages(wait_s=20)
             with publisher.lock:  # no enqueue half before, half after
                 self.redis.flush()
                 cut = list(publisher.sent_ids)
-            self.note(f"FLUSHALL of the run's Redis ({len(cut)} events sent before it)")
+            self.outcome.injected["internal_messages_in_redis_at_flush"] = internal
+            self.note(
+                f"FLUSHALL of the run's Redis ({len(cut)} events sent before it, {internal} "
+                "charges/retries messages in it)"
+            )
             # The upstream republishes what it has no receipt for; the wait lets messages a
             # worker held across the flush commit first (a duplicate would be harmless).
             time.sleep(3)
@@ -215,6 +223,25 @@ class Run:
             publisher.replay(missing)
             self.note(f"upstream replayed {len(missing)} events not recorded at the flush")
         self.revive(stack)
+
+    def internal_messages(self, wait_s: float) -> int:
+        """Messages on the charges and retries queues (ready, delayed or being worked on), as
+        soon as there are any, or after `wait_s`."""
+        deadline = time.monotonic() + wait_s
+        client = self.redis.client()
+        try:
+            while True:
+                stats = queue_stats(client, NAMESPACE, 10_000)
+                n = sum(
+                    s.ready + s.delayed + s.in_flight
+                    for s in stats
+                    if s.queue in (QUEUE_CHARGES, QUEUE_RETRIES)
+                )
+                if n or time.monotonic() > deadline:
+                    return n
+                time.sleep(0.05)
+        finally:
+            client.close()
 
     def revive(self, stack: Stack) -> None:
         for kind in stack.revive():
