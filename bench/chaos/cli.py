@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from bench.chaos.checks import Check
 from bench.chaos.run import Outcome, Run
 
 # --small: the CI run, a few minutes on two shared cores.
@@ -107,7 +109,15 @@ def as_json(outcome: Outcome) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
-    outcome = Run(args).execute()
+    run = Run(args)
+    try:
+        outcome = run.execute()
+    except Exception as exc:  # the run broke: still a table, a JSON and a non-zero status
+        traceback.print_exc()
+        outcome = run.outcome
+        crashed = Check("harness", "the run itself went to its end")
+        crashed.violate(f"{type(exc).__name__}: {exc}"[:1000])
+        outcome.checks.append(crashed)
     Console(file=sys.stdout, width=140).print(table(outcome))
     print(f"wall {outcome.wall_s} s; {'no violation' if outcome.ok else 'VIOLATIONS'}")
     if args.json:

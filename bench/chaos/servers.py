@@ -17,6 +17,7 @@ import stat
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -72,7 +73,7 @@ class Postgres:
             subprocess.run(
                 [str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres",
                  "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"],
-                check=True, capture_output=True, user=self.user,
+                check=True, capture_output=True, **self._as_user(),
             )  # fmt: skip
         # fsync off: the restart here is a clean one (`-m fast` writes everything out); fsync
         # only guards against the operating system crashing, which this run does not simulate,
@@ -101,8 +102,15 @@ class Postgres:
     def _ctl(self, *args: str) -> None:
         subprocess.run(
             [str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), *args],
-            check=True, capture_output=True, user=self.user,
+            check=True, capture_output=True, **self._as_user(),
         )  # fmt: skip
+
+    def _as_user(self) -> dict[str, Any]:
+        """subprocess's arguments to run as `self.user`: its group too, and none of root's,
+        or a directory whose group is root's would refuse it the access "others" have."""
+        if self.user is None:
+            return {}
+        return {"user": self.user, "group": self.user, "extra_groups": []}
 
 
 def _reachable_by_others(path: Path) -> None:
