@@ -75,10 +75,13 @@ class Outcome:
 
 def schedule(rng: random.Random, duration_s: float, kills: int) -> list[Action]:
     """Every action in its own slot between 5 % and 90 % of the load, in a random order; the
-    first kills take each kind once, the rest are random."""
-    victims = list(KINDS)
-    rng.shuffle(victims)
-    victims += [rng.choice(KINDS) for _ in range(max(0, kills - len(KINDS)))]
+    kills go round the kinds (each round in a random order), so each kind gets its share."""
+    victims: list[str] = []
+    while len(victims) < kills:
+        round_ = list(KINDS)
+        rng.shuffle(round_)
+        victims += round_
+    victims = victims[:kills]
     actions = [Action(0, "kill", k) for k in victims]
     actions += [Action(0, "term", k) for k in KINDS]
     actions += [Action(0, "pg_restart"), Action(0, "redis_restart"), Action(0, "flush")]
