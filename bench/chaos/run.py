@@ -208,16 +208,21 @@ class Run:
             took = self.redis.restart()
             self.note(f"Redis restarted ({took:.1f} s down)")
         elif action.what == "flush":
-            # The flush is meant to strand internal work (issue 12, fault 3): wait, a little,
-            # for a run_recharge / record_failure / recheck_tier message to be in Redis.
-            internal = self.internal_messages(wait_s=20)
-            with publisher.lock:  # no enqueue half before, half after
-                self.redis.flush()
-                cut = list(publisher.sent_ids)
-            self.outcome.injected["internal_messages_in_redis_at_flush"] = internal
+            # The flush must strand internal work (issue 12, fault 3). A live charge worker
+            # fetches each run_recharge at once and keeps it in memory, where a flush cannot
+            # reach it; so the flush comes while the charge worker is down (a crash during a
+            # failover): its unacknowledged messages and those published meanwhile exist only
+            # in Redis. Waits, a little, for there to be some.
+            with stack.down("charge"):
+                lost = self.internal_messages(wait_s=20)
+                with publisher.lock:  # no enqueue half before, half after
+                    self.redis.flush()
+                    cut = list(publisher.sent_ids)
+            self.outcome.injected["internal_messages_flushed"] = lost
             self.note(
-                f"FLUSHALL of the run's Redis ({len(cut)} events sent before it, {internal} "
-                "charges/retries messages in it)"
+                f"charge SIGKILLed, FLUSHALL of the run's Redis ({len(cut)} events sent, {lost} "
+                "run_recharge/record_failure/recheck_tier messages only Redis had), charge "
+                "restarted"
             )
             # The upstream republishes what it has no receipt for; the wait lets messages a
             # worker held across the flush commit first (a duplicate would be harmless).
@@ -228,18 +233,19 @@ class Run:
         self.revive(stack)
 
     def internal_messages(self, wait_s: float) -> int:
-        """Messages on the charges and retries queues (ready, delayed or being worked on), as
-        soon as there are any, or after `wait_s`."""
+        """Internal messages only Redis holds (the charge worker being down): every message of
+        the charges queue, and the retries queue's ready ones (its delayed ones may be in the
+        retry worker's memory). As soon as there are any, or after `wait_s`."""
         deadline = time.monotonic() + wait_s
         client = self.redis.client()
         try:
             while True:
-                stats = queue_stats(client, NAMESPACE, 10_000)
-                n = sum(
-                    s.ready + s.delayed + s.in_flight
-                    for s in stats
-                    if s.queue in (QUEUE_CHARGES, QUEUE_RETRIES)
-                )
+                n = 0
+                for s in queue_stats(client, NAMESPACE, 10_000):
+                    if s.queue == QUEUE_CHARGES:
+                        n += s.ready + s.delayed + s.in_flight
+                    elif s.queue == QUEUE_RETRIES:
+                        n += s.ready
                 if n or time.monotonic() > deadline:
                     return n
                 time.sleep(0.05)

@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,6 +203,20 @@ class Stack:
             self.start(kind)
             self.tally.restarts[kind] += 1
             return what
+
+    @contextlib.contextmanager
+    def down(self, kind: str) -> Iterator[None]:
+        """`kind` SIGKILLed whole (a crash of the host's service) for the body, then started
+        again: what it held in memory is gone, and what it had fetched stays unacknowledged in
+        Redis, waiting for redelivery."""
+        with self.locks[kind]:
+            self.tally.kills[kind] += 1
+            self._kill_group(kind)
+            try:
+                yield
+            finally:
+                self.start(kind)
+                self.tally.restarts[kind] += 1
 
     def term(self, kind: str) -> float:
         """SIGTERM to the whole group, as systemd (KillMode=control-group) and honcho stop a
