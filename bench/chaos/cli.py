@@ -19,8 +19,22 @@ from bench.chaos.checks import Check
 from bench.chaos.run import Outcome, Run
 
 # --small: the CI run, a few minutes on two shared cores.
-SMALL = {"events": 2000, "accounts": 40, "kills": 5, "duration": 40.0, "settle_timeout": 90.0}
-FULL = {"events": 20000, "accounts": 200, "kills": 12, "duration": 150.0, "settle_timeout": 300.0}
+SMALL = {
+    "events": 2000,
+    "accounts": 40,
+    "kills": 5,
+    "duration": 40.0,
+    "settle_timeout": 60.0,
+    "stop_timeout": 15.0,
+}
+FULL = {
+    "events": 20000,
+    "accounts": 200,
+    "kills": 12,
+    "duration": 150.0,
+    "settle_timeout": 300.0,
+    "stop_timeout": 20.0,
+}
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -36,8 +50,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--stop-timeout",
         type=float,
-        default=20.0,
-        help="seconds a process group has to exit after SIGTERM (default 20)",
+        help="seconds a process group has to exit after SIGTERM (default 20, --small 15)",
     )
     p.add_argument("--seed", type=int, default=12, help="the random choices (default 12)")
     p.add_argument(

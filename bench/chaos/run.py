@@ -402,6 +402,8 @@ class Run:
         )
         if not settled:
             drained.violate(f"still pending: {self.outcome.injected.get('left_pending')}")
+            for run in await self.runs_in_flight():
+                drained.violate(run)
         stuck = checks.Check(
             "processes_stop",
             f"every process group gone within {self.args.stop_timeout:g} s of SIGTERM to the "
@@ -417,6 +419,28 @@ class Run:
             "stuck_after_kill": sum(tally.stuck_after_kill.values()),
         }
         return [drained, stuck, *found]
+
+    async def runs_in_flight(self) -> list[str]:
+        """The runs left pending or failing, and their last charge: what waits on a message."""
+        conn = await asyncpg.connect(Settings().asyncpg_dsn)
+        try:
+            rows = await conn.fetch(
+                """
+                SELECT r.id, r.account_id, r.state, r.created_at, c.status AS charge,
+                       c.gateway_calls, now() - greatest(r.created_at, c.updated_at) AS idle
+                FROM recharge_runs r
+                LEFT JOIN LATERAL (SELECT * FROM charges x WHERE x.run_id = r.id
+                                   ORDER BY x.seq DESC LIMIT 1) c ON true
+                WHERE r.state IN ('pending', 'failing') ORDER BY r.id
+                """
+            )
+        finally:
+            await conn.close()
+        return [
+            f"run {r['id']} ({r['account_id']}) {r['state']}, last charge {r['charge']} after "
+            f"{r['gateway_calls']} gateway calls, idle {r['idle'].total_seconds():.0f} s"
+            for r in rows
+        ]
 
     def execute(self) -> Outcome:
         try:
