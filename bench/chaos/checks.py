@@ -6,6 +6,7 @@ Redis (dead letters) and the simulated gateway's own Redis (what money moved).
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -180,23 +181,34 @@ async def charges_credited_once(
     return check
 
 
-async def suspensions_justified(conn: asyncpg.Connection[Any]) -> Check:
+async def suspensions_justified(
+    conn: asyncpg.Connection[Any], only: Collection[str] | None = None
+) -> Check:
     """Replay each account's account_history through the pure policy: every ladder step, reset,
-    suspension and reactivation must be what the policy decides from the state before it."""
+    suspension and reactivation must be what the policy decides from the state before it.
+    `only`: these accounts (a test's, in a shared database); default every account."""
     check = Check(
         "suspensions_justified",
         "each account's history replayed through common/recharge/policy.py: every tier armed, "
         "reset, suspension and reactivation is the policy's decision from the state before it",
     )
-    accounts = {r["id"]: r for r in await conn.fetch("SELECT * FROM accounts")}
+    ids = None if only is None else list(only)
+    accounts = {
+        r["id"]: r
+        for r in await conn.fetch(
+            "SELECT * FROM accounts WHERE $1::text[] IS NULL OR id = ANY($1::text[])", ids
+        )
+    }
     rows = await conn.fetch(
         """
         SELECT h.*, c.status AS charge_status, r.kind AS run_kind
         FROM account_history h
         LEFT JOIN charges c ON c.id = h.charge_id
         LEFT JOIN recharge_runs r ON r.id = c.run_id
+        WHERE $1::text[] IS NULL OR h.account_id = ANY($1::text[])
         ORDER BY h.account_id, h.id
-        """
+        """,
+        ids,
     )
     history: dict[str, list[Any]] = defaultdict(list)
     for r in rows:
