@@ -214,8 +214,9 @@ class Run:
             # failover): its unacknowledged messages and those published meanwhile exist only
             # in Redis. Waits, a little, for there to be some.
             with stack.down("charge"):
-                lost = self.internal_messages(wait_s=20)
+                self.internal_messages(wait_s=20)
                 with publisher.lock:  # no enqueue half before, half after
+                    lost = self.internal_messages(wait_s=0)  # counted again, at the last moment
                     self.redis.flush()
                     cut = list(publisher.sent_ids)
             self.outcome.injected["internal_messages_flushed"] = lost
@@ -398,7 +399,7 @@ class Run:
             "settled",
             f"queues empty, outbox sent, no run in flight, every event recorded within "
             f"{self.args.settle_timeout:g} s of the end of the load",
-            counts={"settle_s": str(self.outcome.settled_s)},
+            counts={"settle_s": str(self.outcome.settled_s), **await self.run_times()},
         )
         if not settled:
             drained.violate(f"still pending: {self.outcome.injected.get('left_pending')}")
@@ -419,6 +420,32 @@ class Run:
             "stuck_after_kill": sum(tally.stuck_after_kill.values()),
         }
         return [drained, stuck, *found]
+
+    async def run_times(self) -> dict[str, int | str]:
+        """How long recharge runs took, start to end (a killed charge worker's runs wait for
+        redelivery: the tail is the recovery time of issue 12, fault 4)."""
+        conn = await asyncpg.connect(Settings().asyncpg_dsn)
+        try:
+            row = await conn.fetchrow(
+                """
+                SELECT count(*) AS n,
+                       percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY s) AS p,
+                       max(s) AS worst
+                FROM (SELECT extract(epoch FROM finished_at - created_at) AS s
+                      FROM recharge_runs WHERE finished_at IS NOT NULL) t
+                """
+            )
+        finally:
+            await conn.close()
+        if row is None or not row["n"]:
+            return {}
+        p50, p99 = row["p"]
+        return {
+            "runs_finished": int(row["n"]),
+            "run_s_p50": f"{p50:.1f}",
+            "run_s_p99": f"{p99:.1f}",
+            "run_s_max": f"{float(row['worst']):.1f}",
+        }
 
     async def runs_in_flight(self) -> list[str]:
         """The runs left pending or failing, and their last charge: what waits on a message."""
