@@ -104,7 +104,7 @@ class Run:
         self.pg = Postgres(self.workdir)
         self.redis = Redis(self.workdir)
         self.sim_prefix = f"contacto-chaos-{self.run}:simgw"
-        self.outcome = Outcome(self.run, {k: v for k, v in vars(args).items() if k != "func"})
+        self.outcome = Outcome(self.run, dict(vars(args)))
         self.started = time.monotonic()
         self.stack: Stack | None = None
 
