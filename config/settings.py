@@ -104,6 +104,12 @@ class Settings(BaseSettings):
     simulated_gateway_prefix: str = Field(
         "contacto:simgw", validation_alias="CONTACTO_SIMULATED_PREFIX"
     )
+    # Redis of the simulated gateway's state (default: REDIS_URL). A gateway is not ours: its
+    # records must outlive a flush or a failover of our broker's Redis, or a chaos run could
+    # not tell a charge the gateway forgot from one that never happened.
+    simulated_gateway_redis_url: str | None = Field(
+        None, validation_alias="CONTACTO_SIMULATED_REDIS_URL"
+    )
 
     @field_validator("database_url")
     @classmethod

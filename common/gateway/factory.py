@@ -11,12 +11,18 @@ from config.settings import Settings
 
 
 def build_gateway(settings: Settings, redis: aioredis.Redis) -> PaymentGateway:
-    """Build the gateway for this process; `redis` is used by the simulated one only.
+    """Build the gateway for this process; `redis` is used by the simulated one only, unless
+    CONTACTO_SIMULATED_REDIS_URL gives it a Redis of its own.
 
     Raises GatewayConfigError when PAYMENT_GATEWAY=stripe and STRIPE_API_KEY is missing, so that
     a worker refuses to start rather than failing on its first charge.
     """
     if settings.payment_gateway == "simulated":
+        if settings.simulated_gateway_redis_url:
+            # Its own Redis (CONTACTO_SIMULATED_REDIS_URL): the gateway owns that client and
+            # closes it in close(), since no caller knows of it.
+            own = aioredis.Redis.from_url(settings.simulated_gateway_redis_url)
+            return SimulatedGateway(own, prefix=settings.simulated_gateway_prefix, owns_redis=True)
         return SimulatedGateway(redis, prefix=settings.simulated_gateway_prefix)
     if settings.payment_gateway == "stripe":
         key = settings.stripe_api_key.get_secret_value() if settings.stripe_api_key else ""

@@ -140,13 +140,15 @@ class SimulatedGateway:
         latency_s: float = 0.0,
         lock_ttl_s: float = 5.0,
         record_ttl_s: int = 0,
+        owns_redis: bool = False,
     ) -> None:
         """`latency_s` simulates the gateway's processing time while the key is in progress.
 
         `record_ttl_s` = 0 keeps idempotency records forever (stricter than Stripe's 24 h, so
-        a late replay can never charge twice here).
+        a late replay can never charge twice here). `owns_redis`: close() closes the client.
         """
         self._redis = redis
+        self._owns_redis = owns_redis
         self._prefix = prefix
         self._latency_s = latency_s
         # A SIGKILLed caller leaves its marker behind; it must outlive a live call's latency.
@@ -396,4 +398,6 @@ class SimulatedGateway:
         )
 
     async def close(self) -> None:
-        """The Redis client belongs to the caller, who closes it."""
+        """The Redis client belongs to the caller, who closes it, unless it was given to us."""
+        if self._owns_redis:
+            await self._redis.aclose()

@@ -76,6 +76,31 @@ async def test_factory(redis_client: aioredis.Redis) -> None:
         await stripe_gw.close()
 
 
+async def test_factory_gives_the_simulator_its_own_redis(redis_client: aioredis.Redis) -> None:
+    """CONTACTO_SIMULATED_REDIS_URL: the gateway's state lives apart from the broker's Redis
+    (a flush of ours must not make the gateway forget charges), and the gateway closes the
+    client it made; without it, the caller's client is used and left open."""
+    settings = Settings().model_copy(
+        update={
+            "payment_gateway": "simulated",
+            "simulated_gateway_redis_url": "redis://127.0.0.1:1/0",
+        }
+    )
+    own = build_gateway(settings, redis_client)
+    assert isinstance(own, SimulatedGateway)
+    assert own._redis is not redis_client
+    assert own._redis.connection_pool.connection_kwargs["port"] == 1
+    await own.close()
+
+    shared = build_gateway(
+        settings.model_copy(update={"simulated_gateway_redis_url": None}), redis_client
+    )
+    assert isinstance(shared, SimulatedGateway)
+    assert shared._redis is redis_client
+    await shared.close()
+    assert await redis_client.ping()
+
+
 async def test_unreachable_redis_is_transient() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
