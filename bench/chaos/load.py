@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final
 
+import dramatiq
 import redis
-from dramatiq.brokers.redis import RedisBroker
 
 from bench.pipeline.console import say
 from common.broker.publish import usage_batch_message, usage_message
@@ -110,7 +110,7 @@ class Publisher:
     """Sends the plan's messages over `duration_s`, retrying each until Redis takes it (the
     run restarts and flushes Redis meanwhile: an upstream retries)."""
 
-    broker: RedisBroker
+    broker: dramatiq.Broker
     plan: Plan
     duration_s: float
     sent_messages: int = 0

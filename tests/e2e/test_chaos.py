@@ -15,18 +15,11 @@ from typing import Any
 
 import pytest
 
-from config.settings import Settings
 from tests.support.procs import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(330)]
 
 RUN_TIMEOUT_S = 300
-
-# The reconciler (issue 12, fault 3) re-publishes internal work a flushed Redis forgot; until
-# it is merged, a run stranded by the flush may never finish, and `settled` fails.
-HAS_RECONCILER = any(
-    f.validation_alias == "CONTACTO_RECONCILE_AFTER_S" for f in Settings.model_fields.values()
-)
 
 # Every check the run reports, in its order.
 CHECKS = (
@@ -39,19 +32,6 @@ CHECKS = (
     "dead_letters_explained",
     "audit",
 )
-# Known faults on today's main, each with its issue: xfail (not strict), so that the fix turns
-# them into XPASS; remove the mark with the fix.
-KNOWN: dict[str, pytest.MarkDecorator] = {
-    "processes_stop": pytest.mark.xfail(
-        reason="issue 12, fault 1: SIGTERM to the group leaves dramatiq worker processes running",
-        strict=False,
-    ),
-    "settled": pytest.mark.xfail(
-        not HAS_RECONCILER,
-        reason="issue 12, fault 3: runs stranded by the flush wait for the reconciler",
-        strict=False,
-    ),
-}
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +59,7 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return data
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=KNOWN.get(n, ())) for n in CHECKS])
+@pytest.mark.parametrize("name", CHECKS)
 def test_check_holds(chaos: dict[str, Any], name: str) -> None:
     found = {c["name"]: c for c in chaos["checks"]}
     assert name in found, f"the run reported no {name!r} check:\n{chaos['stdout']}"
