@@ -9,7 +9,7 @@ DEMO_ARGS ?=
 RUN_ARGS  ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run demo test lint mutation clean-demo
+.PHONY: help venv run demo test test-rabbitmq lint mutation clean-demo
 
 # `target: prerequisites ## one line` is what `make help` lists.
 help: ## list the targets
@@ -37,6 +37,9 @@ demo: $(STAMP) ## the whole pipeline end to end: services, workers, the FAQ's sc
 
 test: $(STAMP) ## the tests: pytest -q (real PostgreSQL and Redis on 127.0.0.1)
 	$(BIN)/python -m pytest -q
+
+test-rabbitmq: $(STAMP) ## the e2e tier on RabbitMQ (a vhost per test; CI runs it after `make test`)
+	CONTACTO_TEST_BROKER=rabbitmq $(BIN)/python -m pytest -q tests/e2e
 
 lint: $(STAMP) ## ruff check, ruff format --check, mypy (what CI and pre-commit run)
 	$(BIN)/ruff check .

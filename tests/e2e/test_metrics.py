@@ -16,7 +16,7 @@ from tests.support.localstripe import free_port
 from tests.support.procs import dramatiq_worker, relay, running, worker_env
 from tests.support.waiting import until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.redis_only]
 
 
 def scrape(port: int) -> str:

@@ -22,7 +22,7 @@ from tests.support.factories import balance_and_ledger, create_account, event, n
 from tests.support.procs import dramatiq_worker, running, worker_env
 from tests.support.waiting import until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.redis_only]
 
 GARBAGE = b"\xff\xfe{not json: a hostile producer's bytes"
 CRASH_TEXT = "Consumer encountered an unexpected error"

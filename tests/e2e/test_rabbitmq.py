@@ -16,6 +16,7 @@ import pytest
 
 from common.broker.factory import build_broker
 from common.broker.publish import usage_batch_message, usage_message
+from common.broker.rabbitmq import QuorumRabbitmqBroker
 from config.settings import Settings
 from tests.e2e.test_recharge_processes import (
     assert_exactly_once,
@@ -25,7 +26,7 @@ from tests.e2e.test_recharge_processes import (
     stack_env,
 )
 from tests.support.factories import balance_and_ledger, create_account, event, new_id
-from tests.support.procs import dramatiq_worker
+from tests.support.procs import dramatiq_worker, worker_env
 from tests.support.waiting import until
 
 pytestmark = pytest.mark.slow
@@ -169,3 +170,12 @@ async def test_undecodable_bytes_are_dead_lettered_raw_and_the_cli_reads_and_req
 def _json(result: subprocess.CompletedProcess[str]) -> Any:
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+def test_the_tier_runs_on_the_broker_the_environment_names(namespace: str) -> None:
+    """`CONTACTO_TEST_BROKER=rabbitmq` (CI's second pass over this tier) must really put every
+    test's processes and brokers on RabbitMQ, not quietly on Redis."""
+    broker = build_broker(Settings(CONTACTO_BROKER_NAMESPACE=namespace))
+    on_rabbitmq = os.environ.get("CONTACTO_TEST_BROKER") == "rabbitmq"
+    assert isinstance(broker, QuorumRabbitmqBroker) is on_rabbitmq
+    assert worker_env(namespace).get("BROKER_URL", "").startswith("amqp://") is on_rabbitmq

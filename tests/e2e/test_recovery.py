@@ -36,7 +36,7 @@ from tests.support.factories import balance_and_ledger, create_account, event, n
 from tests.support.procs import dramatiq_worker, relay, worker_env
 from tests.support.waiting import until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.redis_only]
 
 # The production defaults this file relies on (config/settings.py), stated for the reader.
 HEARTBEAT_TIMEOUT_S = 15

@@ -27,7 +27,7 @@ from tests.support.factories import balance_and_ledger, create_account, event, n
 from tests.support.procs import Proc, group_members, procfile_process, worker_env
 from tests.support.waiting import until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.redis_only]
 
 # "Within a few seconds": dramatiq's own polling (1 s main loop, 1 s worker and consumer
 # timeouts) takes 2-4 s of this.

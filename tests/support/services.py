@@ -38,6 +38,7 @@ import logging
 import os
 import pwd
 import shutil
+import subprocess
 import sys
 import time
 import uuid
@@ -298,9 +299,30 @@ async def conn(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection[Any]]:
 
 
 @pytest.fixture
-def namespace() -> str:
-    """A dramatiq namespace of the test's own: its queues start empty."""
-    return f"{NAMESPACE_PREFIX}-{uuid.uuid4().hex[:8]}"
+def namespace(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A dramatiq namespace of the test's own: its queues start empty.
+
+    With CONTACTO_TEST_BROKER=rabbitmq (CI runs the e2e tier so too), the test also gets a
+    RabbitMQ vhost of its own, named like the namespace, and BROKER_URL points at it: every
+    Settings() the test or its processes build then uses RabbitMQ."""
+    name = f"{NAMESPACE_PREFIX}-{uuid.uuid4().hex[:8]}"
+    if os.environ.get("CONTACTO_TEST_BROKER") != "rabbitmq":
+        yield name
+        return
+    _rabbitmqctl("add_vhost", name)
+    try:
+        _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        monkeypatch.setenv("BROKER_URL", f"{TEST_AMQP}/{name}")
+        yield name
+    finally:
+        _rabbitmqctl("delete_vhost", name)
+
+
+TEST_AMQP = "amqp://guest:guest@127.0.0.1:5672"
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
 
 
 @pytest.fixture
