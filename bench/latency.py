@@ -200,7 +200,14 @@ async def run(args: argparse.Namespace) -> int:
         lines = procfile.read(REPO / "Procfile")
         started = []
         for name in PROCESSES:
-            started.append(await processes.spawn(list(lines[name].argv), env, work / f"{name}.log"))
+            entry = lines[name]
+            # The line's own settings (dramatiq_worker_timeout), not its metrics exposition.
+            own = {
+                k: procfile.expand(v, env)
+                for k, v in entry.env.items()
+                if not k.startswith("dramatiq_prom_") and "METRICS" not in k
+            }
+            started.append(await processes.spawn(list(entry.argv), env | own, work / f"{name}.log"))
         broker = build_broker(settings)
         conn = await asyncpg.connect(database.url)
         count_sql = "SELECT count(*) FROM usage_events WHERE event_id LIKE $1"
