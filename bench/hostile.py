@@ -27,7 +27,7 @@ import redis
 
 from bench.pipeline import REPO
 from bench.pipeline.console import say
-from bench.pipeline.database import BenchDatabase
+from bench.pipeline.database import BenchDatabase, open_accounts
 from bench.pipeline.processes import Processes, child_env, stop
 from common import procfile
 from tests.support.hostile import CASES, good_event
@@ -70,14 +70,7 @@ async def run(pg_url: str, redis_url: str) -> int:
         await database.create(None)
         conn = await asyncpg.connect(database.url)
         account = "hostile-1"
-        await conn.execute(
-            "INSERT INTO accounts (id, currency, balance) VALUES ($1, 'EUR', 1000000)", account
-        )
-        await conn.execute(
-            "INSERT INTO ledger_entries (account_id, amount, balance_after, kind, reference) "
-            "VALUES ($1, 1000000, 1000000, 'credit', 'opening')",
-            account,
-        )
+        await open_accounts(conn, [account], currency="EUR")
         # The Procfile's words (its metrics variables left out); bin/python: the venv's Python.
         argv = list(procfile.read(REPO / "Procfile")["balance"].argv)
         worker = await processes.spawn(argv, env, work / "balance.log")

@@ -38,7 +38,7 @@ import redis
 
 from bench.pipeline import REPO
 from bench.pipeline.console import say
-from bench.pipeline.database import BenchDatabase
+from bench.pipeline.database import BenchDatabase, open_accounts
 from bench.pipeline.processes import Processes, child_env, stop
 from common import procfile
 
@@ -147,17 +147,7 @@ async def setup(url: str, settings: Any, accounts: int, crossing: int) -> None:
     client = redis.asyncio.Redis.from_url(settings.redis_url)
     try:
         ids = [f"lat-{i}" for i in range(accounts)]
-        await conn.execute(
-            "INSERT INTO accounts (id, currency, balance) "
-            "SELECT id, 'USD', 1000000 FROM unnest($1::text[]) AS t(id)",
-            ids,
-        )
-        await conn.execute(
-            "INSERT INTO ledger_entries (account_id, amount, balance_after, kind, reference) "
-            "SELECT id, 1000000, 1000000, 'credit', 'opening-' || id "
-            "FROM unnest($1::text[]) AS t(id)",
-            ids,
-        )
+        await open_accounts(conn, ids)
         gateway = build_gateway(settings, client)
         for i in range(crossing):
             acct = f"cross-{i}"

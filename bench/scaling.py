@@ -30,7 +30,7 @@ import redis
 
 from bench.pipeline import REPO
 from bench.pipeline.console import say
-from bench.pipeline.database import BenchDatabase
+from bench.pipeline.database import BenchDatabase, open_accounts
 from bench.pipeline.processes import Processes, child_env, stop
 from common import procfile
 
@@ -64,17 +64,7 @@ async def one(args: argparse.Namespace, broker_kind: str, processes_n: int) -> f
         await database.create(None)
         conn = await asyncpg.connect(database.url)
         ids = [f"s-{i}" for i in range(args.accounts)]
-        await conn.execute(
-            "INSERT INTO accounts (id, currency, balance) "
-            "SELECT id, 'USD', 1000000 FROM unnest($1::text[]) AS t(id)",
-            ids,
-        )
-        await conn.execute(
-            "INSERT INTO ledger_entries (account_id, amount, balance_after, kind, reference) "
-            "SELECT id, 1000000, 1000000, 'credit', 'opening-' || id "
-            "FROM unnest($1::text[]) AS t(id)",
-            ids,
-        )
+        await open_accounts(conn, ids)
         settings = Settings(
             REDIS_URL=args.redis,
             CONTACTO_BROKER_NAMESPACE=namespace,

@@ -32,6 +32,32 @@ class Xacts:
     sessions: int
 
 
+async def open_accounts(
+    conn: asyncpg.Connection[Any],
+    ids: list[str],
+    *,
+    currency: str = "USD",
+    balance: Decimal = OPENING_BALANCE,
+) -> None:
+    """Accounts with an opening credit, auto-recharge off (the column default): balance and
+    ledger agree, and no recharge may start."""
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO accounts (id, currency, balance) "
+            "SELECT id, $2, $3 FROM unnest($1::text[]) AS t(id)",
+            ids,
+            currency,
+            balance,
+        )
+        await conn.execute(
+            "INSERT INTO ledger_entries (account_id, amount, balance_after, kind, "
+            "reference) SELECT id, $2, $2, 'credit', 'opening-' || id "
+            "FROM unnest($1::text[]) AS t(id)",
+            ids,
+            balance,
+        )
+
+
 class BenchDatabase:
     def __init__(self, pg_url: str, name: str) -> None:
         self.name = name
@@ -90,21 +116,7 @@ class BenchDatabase:
                 "TRUNCATE accounts, ledger_entries, usage_events, rejected_usage, recharge_runs, "
                 "charges, outbox RESTART IDENTITY CASCADE"
             )
-            async with conn.transaction():
-                # auto-recharge off (the column default): no recharge runs start.
-                await conn.execute(
-                    "INSERT INTO accounts (id, currency, balance) "
-                    "SELECT id, 'USD', $2 FROM unnest($1::text[]) AS t(id)",
-                    ids,
-                    OPENING_BALANCE,
-                )
-                await conn.execute(
-                    "INSERT INTO ledger_entries (account_id, amount, balance_after, kind, "
-                    "reference) SELECT id, $2, $2, 'credit', 'opening-' || id "
-                    "FROM unnest($1::text[]) AS t(id)",
-                    ids,
-                    OPENING_BALANCE,
-                )
+            await open_accounts(conn, ids)
             await conn.execute("VACUUM (ANALYZE) accounts")
             await conn.execute("ANALYZE ledger_entries, usage_events")
         finally:
