@@ -3,7 +3,9 @@ called through httpx's ASGI transport (no socket, no server)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import io
+import logging
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -11,6 +13,7 @@ import pytest
 from fastapi import FastAPI
 
 from common.credentials.tokens import SCOPES, create_token
+from common.logging import configure_logging
 from config.settings import Settings, WebSettings
 from tests.support.factories import new_id
 from tests.support.waiting import until_true
@@ -52,3 +55,14 @@ async def new_token(conn: Any, scopes: tuple[str, ...] = SCOPES) -> str:
 async def token(conn: Any) -> str:
     """A live token with every scope."""
     return await new_token(conn)
+
+
+@pytest.fixture
+def log_lines(app: FastAPI) -> Iterator[io.StringIO]:
+    """Everything logged from here on (after the app set up its own logging), as JSON lines."""
+    stream = io.StringIO()
+    configure_logging("json")
+    handler = logging.getLogger().handlers[0]
+    handler.setStream(stream)  # type: ignore[attr-defined]
+    yield stream
+    configure_logging("json")

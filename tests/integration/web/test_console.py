@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -21,7 +20,6 @@ from common.accounts.support import credit_account
 from common.credentials import passwords
 from common.credentials.logins import MAX_FAILED_ATTEMPTS, issue_temporary
 from common.gateway.simulated import SimulatedGateway, delete_state
-from common.logging import configure_logging
 from config.settings import Settings, WebSettings
 from tests.support.factories import create_account, new_id
 from tests.support.pipeline import debit, events
@@ -351,16 +349,6 @@ async def test_a_customer_reaches_only_their_own_account(
 
 
 # --- what the logs keep -------------------------------------------------------------------------
-
-
-@pytest.fixture
-def log_lines(app: Any) -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    configure_logging("json")
-    handler = logging.getLogger().handlers[0]
-    handler.setStream(stream)  # type: ignore[attr-defined]
-    yield stream
-    configure_logging("json")
 
 
 async def test_no_password_or_card_number_reaches_a_log(

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import io
 import json
-import logging
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from common.credentials.tokens import parse_token
-from common.logging import configure_logging
 from config.settings import WebSettings
 from tests.integration.web.conftest import bearer
 from tests.support.factories import create_account, event, new_id
@@ -23,17 +20,6 @@ from tests.support.factories import create_account, event, new_id
 def web_settings() -> WebSettings:
     """Every request logged (the default logs only errors and slow requests)."""
     return WebSettings(CONTACTO_WEB_ACCESS_LOG="all")
-
-
-@pytest.fixture
-def log_lines(app: Any) -> Iterator[io.StringIO]:
-    """Everything logged from here on (after the app set up its own logging), as JSON lines."""
-    stream = io.StringIO()
-    configure_logging("json")
-    handler = logging.getLogger().handlers[0]
-    handler.setStream(stream)  # type: ignore[attr-defined]
-    yield stream
-    configure_logging("json")
 
 
 async def test_no_token_in_any_log_line(
