@@ -9,6 +9,8 @@
        replays the same key, so the gateway cannot charge twice.
     3. record_outcome (transaction): mark the charge, credit the ledger once (unique on the
        charge), reset the ladder; or, on a failed attempt, hand the run to the retry worker.
+       The charge worker's loop uses record_and_advance: after a success, step 1 for the next
+       charge in the same transaction (finish the run, or store its next charge).
 
 Lock order everywhere: account row, then run row, then charge row.
 """
@@ -27,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.accounts.ledger import apply_credit, charge_reference
 from common.accounts.status import CAUSE_RESET, enforce_prepaid, set_tier
+from common.accounts.store import lock_account
 from common.crashpoints import crash_point
 from common.db.engine import raw_connection
 from common.gateway import (
@@ -123,34 +126,46 @@ async def next_step(
         account, run = await store.lock_run(conn, run_id)
         if account is None or run is None:
             return RunFinished(RunState.MISSING)
-        if run["state"] != RunState.PENDING:
-            return RunFinished(RunState(run["state"]))  # a duplicate, or finished meanwhile
-        pending = await conn.fetchrow(store.RESUME_PENDING_CHARGE, run_id)
-        if pending is not None:
-            return _pending(pending, account)
-        stats = await conn.fetchrow(store.RUN_CHARGE_STATS, run_id)
-        assert stats is not None
-        step = _decide(run, account, stats["succeeded"], limits)
-        if isinstance(step, RunDone | RunCapped):
-            return await _finish(conn, run, account, step, stats["succeeded"])
-        seq = stats["last_seq"] + 1
-        failure = _unsendable(step.amount, account, limits)
-        row = await store.insert_charge(
-            conn,
-            run_id=run_id,
-            account_id=account["id"],
-            seq=seq,
-            amount=step.amount,
-            currency=account["currency"],
-            idempotency_key=idempotency_key(run_id, seq),
-            payment_method=account["payment_method"],
-            failure=failure,
-        )
-        if failure is not None:
-            log.warning("charge.unsendable", run_id=run_id, code=failure[0], reason=failure[1])
-            await _hand_failure_to_retry_worker(conn, run_id)
-            return RunFinished(RunState.FAILING)
-        return _pending(row, account)
+        return await _advance(conn, account, run, limits)
+
+
+async def _advance(
+    conn: asyncpg.Connection[Any],
+    account: asyncpg.Record,
+    run: asyncpg.Record,
+    limits: ChargeLimits,
+) -> PendingCharge | RunFinished:
+    """The locked run's next step: resume its pending charge, finish it, or store the next
+    charge (or, when it can never be sent, its failure)."""
+    run_id = run["id"]
+    if run["state"] != RunState.PENDING:
+        return RunFinished(RunState(run["state"]))  # a duplicate, or finished meanwhile
+    pending = await conn.fetchrow(store.RESUME_PENDING_CHARGE, run_id)
+    if pending is not None:
+        return _pending(pending, account)
+    stats = await conn.fetchrow(store.RUN_CHARGE_STATS, run_id)
+    assert stats is not None
+    step = _decide(run, account, stats["succeeded"], limits)
+    if isinstance(step, RunDone | RunCapped):
+        return await _finish(conn, run, account, step, stats["succeeded"])
+    seq = stats["last_seq"] + 1
+    failure = _unsendable(step.amount, account, limits)
+    row = await store.insert_charge(
+        conn,
+        run_id=run_id,
+        account_id=account["id"],
+        seq=seq,
+        amount=step.amount,
+        currency=account["currency"],
+        idempotency_key=idempotency_key(run_id, seq),
+        payment_method=account["payment_method"],
+        failure=failure,
+    )
+    if failure is not None:
+        log.warning("charge.unsendable", run_id=run_id, code=failure[0], reason=failure[1])
+        await _hand_failure_to_retry_worker(conn, run_id)
+        return RunFinished(RunState.FAILING)
+    return _pending(row, account)
 
 
 def _decide(
@@ -245,56 +260,90 @@ async def record_outcome(
 ) -> ChargeRecorded:
     """Apply the gateway's answer once."""
     async with conn.transaction():
-        account, run = await store.lock_run(conn, charge.run_id)
-        assert account is not None and run is not None
-        if await conn.fetchval(store.LOCK_CHARGE_STATUS, charge.charge_id) != "pending":
-            return ChargeRecorded.ALREADY_RECORDED
-        if isinstance(result, ChargeFailed):
-            await store.mark_failed(
-                conn, charge.charge_id, result.code, result.message, result.gateway_ref
+        return (await _record(conn, charge, result))[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    outcome: ChargeRecorded
+    next: PendingCharge | RunFinished | None  # None: not decided here (ask next_step)
+
+
+async def record_and_advance(
+    conn: asyncpg.Connection[Any], charge: PendingCharge, result: ChargeResult, limits: ChargeLimits
+) -> Recorded:
+    """record_outcome, and after a success the run's next step in the same transaction.
+
+    One transaction (and one commit, one pooled connection) per charge instead of two: a
+    charge worker's time per run is mostly statements, and forty accounts crossing their
+    threshold at once queue behind it (docs/performance.md, "Latency")."""
+    async with conn.transaction():
+        outcome, run = await _record(conn, charge, result)
+        if outcome is ChargeRecorded.FAILED:
+            return Recorded(outcome, RunFinished(RunState.FAILING))
+        if outcome is not ChargeRecorded.SUCCEEDED or run is None:
+            return Recorded(outcome, None)
+        # The credit changed the account (balance, tier): decide on the row as it is now. The
+        # run's row is unchanged since it was locked.
+        account = await lock_account(conn, charge.account_id)
+        assert account is not None
+        return Recorded(outcome, await _advance(conn, account, run, limits))
+
+
+async def _record(
+    conn: asyncpg.Connection[Any], charge: PendingCharge, result: ChargeResult
+) -> tuple[ChargeRecorded, asyncpg.Record | None]:
+    """Apply the gateway's answer once, inside the caller's transaction; with the locked run."""
+    account, run = await store.lock_run(conn, charge.run_id, account_id=charge.account_id)
+    assert account is not None and run is not None
+    if await conn.fetchval(store.LOCK_CHARGE_STATUS, charge.charge_id) != "pending":
+        return ChargeRecorded.ALREADY_RECORDED, None
+    if isinstance(result, ChargeFailed):
+        await store.mark_failed(
+            conn, charge.charge_id, result.code, result.message, result.gateway_ref
+        )
+        await _hand_failure_to_retry_worker(conn, charge.run_id)
+        return ChargeRecorded.FAILED, run
+    await conn.execute(store.MARK_SUCCEEDED, charge.charge_id, result.gateway_ref)
+    credited = await apply_credit(
+        conn,
+        account,
+        charge.amount,
+        kind="recharge",
+        reference=charge_reference(charge.charge_id),
+        memo=charge.idempotency_key,
+        charge_id=charge.charge_id,
+    )
+    assert credited is not None, "a pending charge was never credited"
+    if resets_ladder(status_after_credit=credited.status):
+        if account["retry_tier"] != 0:
+            await set_tier(
+                conn,
+                account["id"],
+                0,
+                None,
+                cause=CAUSE_RESET,
+                run_id=charge.run_id,
+                charge_id=charge.charge_id,
             )
-            await _hand_failure_to_retry_worker(conn, charge.run_id)
-            return ChargeRecorded.FAILED
-        await conn.execute(store.MARK_SUCCEEDED, charge.charge_id, result.gateway_ref)
-        credited = await apply_credit(
-            conn,
-            account,
-            charge.amount,
-            kind="recharge",
-            reference=charge_reference(charge.charge_id),
-            memo=charge.idempotency_key,
-            charge_id=charge.charge_id,
-        )
-        assert credited is not None, "a pending charge was never credited"
-        if resets_ladder(status_after_credit=credited.status):
-            if account["retry_tier"] != 0:
-                await set_tier(
-                    conn,
-                    account["id"],
-                    0,
-                    None,
-                    cause=CAUSE_RESET,
-                    run_id=charge.run_id,
-                    charge_id=charge.charge_id,
-                )
-            # A failed attempt the retry worker has not counted yet happened before this
-            # success: it counts for nothing (failures count since the last success).
-            await conn.execute(store.SUPERSEDE_FAILING, account["id"])
-        await emit_event(
-            conn,
-            EVENT_RECHARGE_SUCCEEDED,
-            {
-                "account_id": account["id"],
-                "run_id": charge.run_id,
-                "kind": run["kind"],
-                "charge_id": charge.charge_id,
-                "amount": charge.amount,
-                "currency": charge.currency,
-                "balance": credited.balance,
-                "idempotency_key": charge.idempotency_key,
-            },
-        )
-        return ChargeRecorded.SUCCEEDED
+        # A failed attempt the retry worker has not counted yet happened before this
+        # success: it counts for nothing (failures count since the last success).
+        await conn.execute(store.SUPERSEDE_FAILING, account["id"])
+    await emit_event(
+        conn,
+        EVENT_RECHARGE_SUCCEEDED,
+        {
+            "account_id": account["id"],
+            "run_id": charge.run_id,
+            "kind": run["kind"],
+            "charge_id": charge.charge_id,
+            "amount": charge.amount,
+            "currency": charge.currency,
+            "balance": credited.balance,
+            "idempotency_key": charge.idempotency_key,
+        },
+    )
+    return ChargeRecorded.SUCCEEDED, run
 
 
 async def _call(gateway: PaymentGateway, charge: PendingCharge) -> ChargeResult:
@@ -318,9 +367,11 @@ async def run_to_completion(
 ) -> RunState:
     """Charge until the run is finished; raises what the caller must retry or dead-letter."""
     bound = log.bind(run_id=run_id)
+    step: PendingCharge | RunFinished | None = None
     while True:
-        async with raw_connection(engine) as conn:
-            step = await next_step(conn, run_id, limits)
+        if step is None:
+            async with raw_connection(engine) as conn:
+                step = await next_step(conn, run_id, limits)
         if isinstance(step, RunFinished):
             bound.info("recharge.run_finished", state=step.state)
             if step.state is RunState.CAPPED:
@@ -345,10 +396,11 @@ async def run_to_completion(
             raise
         crash_point("charge.after_gateway")
         async with raw_connection(engine) as conn:
-            outcome = await record_outcome(conn, step, result)
-        charge_log.info("charge.recorded", outcome=outcome)
-        if outcome is not ChargeRecorded.ALREADY_RECORDED:
-            metrics().charges.labels(outcome.value).inc()
-            if outcome is ChargeRecorded.SUCCEEDED:
+            recorded = await record_and_advance(conn, step, result, limits)
+        charge_log.info("charge.recorded", outcome=recorded.outcome)
+        if recorded.outcome is not ChargeRecorded.ALREADY_RECORDED:
+            metrics().charges.labels(recorded.outcome.value).inc()
+            if recorded.outcome is ChargeRecorded.SUCCEEDED:
                 metrics().recharges.labels("succeeded").inc()
         crash_point("charge.after_credit")
+        step = recorded.next

@@ -96,12 +96,16 @@ SELECT amount, status, idempotency_key, failure_code FROM charges WHERE run_id =
 
 
 async def lock_run(
-    conn: asyncpg.Connection[Any], run_id: int
+    conn: asyncpg.Connection[Any], run_id: int, *, account_id: str | None = None
 ) -> tuple[asyncpg.Record | None, asyncpg.Record | None]:
-    """Lock a recharge run and its account, account first (the order every path uses)."""
-    account_id = await conn.fetchval(RUN_ACCOUNT, run_id)
+    """Lock a recharge run and its account, account first (the order every path uses).
+
+    `account_id`: the run's account when the caller knows it (a run never changes account),
+    which saves the look-up."""
     if account_id is None:
-        return None, None
+        account_id = await conn.fetchval(RUN_ACCOUNT, run_id)
+        if account_id is None:
+            return None, None
     account = await lock_account(conn, account_id)
     run = await conn.fetchrow(LOCK_RUN, run_id)
     return account, run

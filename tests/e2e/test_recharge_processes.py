@@ -179,10 +179,11 @@ async def test_sigkill_at_each_step_of_a_charge_ends_with_one_charge_and_one_cre
         charge.stop()
         assert (tmp_path / f"crash.{crash_at}").exists()
         rows = await charge_rows(conn, acct)
-        assert len(rows) == 1
-        assert rows[0]["status"] == (
-            "succeeded" if crash_at == "charge.after_credit" else "pending"
-        )
+        if crash_at == "charge.after_credit":
+            # The credit's transaction also stored the run's next charge, not yet sent.
+            assert [c["status"] for c in rows] == ["succeeded", "pending"]
+        else:
+            assert [c["status"] for c in rows] == ["pending"]
         with processes(env, "charge"):  # the message comes back after the heartbeat timeout
             await until(
                 lambda: balance_and_ledger(conn, acct),

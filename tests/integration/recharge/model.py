@@ -195,22 +195,20 @@ class Model:
 
     def run_recharge(self, run_id: int, crash_at: CrashPoint | None) -> Finished | Raised:
         run = self.runs[run_id]
+        charge: Charge | None = None  # stored by this delivery, not sent yet
         while True:
-            if run.state != "pending":
-                return Finished(run.state)
-            charge = run.pending
-            if charge is not None:
-                charge.calls += 1
-            else:
-                step = self._next(run)
-                if step is not None:
-                    return step
+            if charge is None:
+                if run.state != "pending":
+                    return Finished(run.state)
                 charge = run.pending
-                assert charge is not None
-                if charge.status == "failed":
-                    run.pending = None
-                    run.state = "failing"
-                    return Finished("failing")
+                if charge is not None:
+                    charge.calls += 1  # resumed: an earlier delivery may have sent it
+                else:
+                    step = self._store_next(run)
+                    if step is not None:
+                        return step
+                    charge = run.pending
+                    assert charge is not None
             if crash_at == "charge.before_gateway":
                 return Raised("crash")
             result = self._gateway_call(charge)
@@ -219,10 +217,31 @@ class Model:
             if crash_at == "charge.after_gateway":
                 return Raised("crash")
             self._record(run, charge, result)
+            charge, step = None, None
+            if run.state == "pending":
+                # After a success, the run's next step commits with the credit: the run
+                # finishes, or its next charge is stored (charging.record_and_advance).
+                step = self._store_next(run)
+                charge = run.pending
             if crash_at == "charge.after_credit":  # after the outcome, whatever it was
                 return Raised("crash")
             if run.state == "failing":
                 return Finished("failing")
+            if step is not None:
+                return step
+
+    def _store_next(self, run: Run) -> Finished | None:
+        """_next, with a charge that can never be sent failed at once (the run is failing)."""
+        step = self._next(run)
+        if step is not None:
+            return step
+        charge = run.pending
+        assert charge is not None
+        if charge.status == "failed":
+            run.pending = None
+            run.state = "failing"
+            return Finished("failing")
+        return None
 
     def _next(self, run: Run) -> Finished | None:
         """Decide the run's next charge and store it; or finish the run."""
