@@ -13,9 +13,7 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
-import httpx
 import pytest
-import stripe
 
 from common.accounts.support import console_view
 from common.db.engine import raw_connection
@@ -33,12 +31,15 @@ from common.recharge.authentication import (
 )
 from common.recharge.settings import attach_card
 from tests.support.factories import balance_and_ledger, create_account, new_id
-from tests.support.localstripe import Localstripe
+from tests.support.localstripe import (
+    THREE_DS_CARD,
+    Localstripe,
+    authenticate,
+    card_payment_method,
+)
 from tests.support.pipeline import TEST_SETTINGS, account_row, debit, events, settle
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
-
-THREE_DS_CARD = "4000002500003155"
 
 
 @pytest.fixture
@@ -48,26 +49,12 @@ async def gateway(localstripe: Localstripe) -> AsyncIterator[StripeGateway]:
     await gw.close()
 
 
-async def three_ds_card(ls: Localstripe) -> str:
-    http = stripe.HTTPXClient(timeout=10)
-    client = stripe.StripeClient(ls.api_key, http_client=http, base_addresses={"api": ls.api_base})
-    try:
-        method = await client.v1.payment_methods.create_async(
-            params={
-                "type": "card",
-                "card": {"number": THREE_DS_CARD, "exp_month": 12, "exp_year": 2034, "cvc": "123"},
-            }
-        )
-    finally:
-        await http.close_async()  # type: ignore[no-untyped-call]
-    return method.id
-
-
 async def awaiting_customer(engine: Any, conn: Any, gateway: StripeGateway, ls: Localstripe) -> str:
     """An account whose automatic recharge failed with authentication_required (tier 1)."""
     account = new_id("3ds")
     await create_account(conn, account, balance="100", threshold="100", recharge="25")
-    await attach_card(conn, gateway, account, await three_ds_card(ls), TEST_SETTINGS)
+    card = await asyncio.to_thread(card_payment_method, ls.api_base, THREE_DS_CARD)
+    await attach_card(conn, gateway, account, card, TEST_SETTINGS)
     await debit(engine, account, "1")  # 99 < 100: the automatic run starts
     await settle(engine, gateway, account)  # charge worker, then retry worker
     row = await account_row(conn, account)
@@ -79,13 +66,7 @@ async def awaiting_customer(engine: Any, conn: Any, gateway: StripeGateway, ls: 
 
 async def browser_confirms(ls: Localstripe, started: Started, *, success: bool) -> None:
     """What localstripe's Stripe.js double does for confirmCardPayment(client_secret, ...)."""
-    pi = started.client_secret.split("_secret_")[0]
-    async with httpx.AsyncClient(base_url=ls.api_base, timeout=10) as client:
-        answer = await client.post(
-            f"/v1/payment_intents/{pi}/_authenticate?success={str(success).lower()}",
-            json={"key": "pk_test_contacto", "client_secret": started.client_secret},
-        )
-    assert answer.status_code == 200, answer.text
+    await asyncio.to_thread(authenticate, ls.api_base, started.client_secret, success=success)
 
 
 async def recharge_credits(conn: Any, account: str) -> int:
