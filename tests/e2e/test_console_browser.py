@@ -427,6 +427,8 @@ async def test_with_stripe_an_authentication_required_recharge_is_confirmed_with
         finally:
             for proc in procs:
                 proc.stop()
+    # The second customer's payment was credited by the relay's sweep, not by a browser.
+    assert "authentication.swept" in procs[1].output()
     # The client secret went to the browser only: no process logged it.
     for proc in procs:
         for secret in secrets:
