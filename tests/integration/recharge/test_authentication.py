@@ -90,6 +90,11 @@ async def test_a_confirmed_authentication_credits_once_and_resets_the_ladder(
     assert isinstance(started, Started)
     assert started.payment_method is not None and started.payment_method.startswith("pm_")
     assert started.client_secret not in repr(started)
+    ref = await conn.fetchval("SELECT gateway_ref FROM charges WHERE id = $1", started.charge_id)
+    intent = await gateway.retrieve_intent(ref)
+    assert (intent.status, intent.amount, intent.currency) == ("requires_action", 2500, "usd")
+    assert intent.client_secret == started.client_secret
+    assert started.client_secret not in repr(intent)
     # Stored before the secret went anywhere.
     row = await conn.fetchrow(
         "SELECT * FROM charge_authentications WHERE charge_id = $1", started.charge_id
