@@ -34,6 +34,7 @@ from common.db.engine import raw_connection
 from common.gateway.base import CardRejected, GatewayError
 from common.gateway.currencies import to_gateway_amount
 from common.gateway.stripe_gateway import IntentState, StripeGateway
+from common.metrics import metrics
 from common.money import MoneyError
 from common.recharge import store
 from common.recharge.charging import credit_success
@@ -252,6 +253,9 @@ async def _settle(
         return NotConfirmed(intent.status)
     result = await _credit(conn, charge, intent)
     if isinstance(result, Credited):
+        # Counted like the charge worker's successes: a recharge is a recharge on the dashboards.
+        metrics().charges.labels("succeeded").inc()
+        metrics().recharges.labels("succeeded").inc()
         bound.info(
             "authentication.credited",
             payment_intent=intent.id,
