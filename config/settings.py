@@ -71,6 +71,17 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(
         10.0, gt=0, validation_alias="CONTACTO_RECONCILE_INTERVAL_S"
     )
+    # A customer's on-session 3-D Secure confirmation (console, PAYMENT_GATEWAY=stripe) that the
+    # browser has not reported this long after it started: the relay's sweep asks Stripe and
+    # credits it if the money was taken (common/recharge/authentication.py). Also how often the
+    # sweep asks again about one that is still unconfirmed.
+    authentication_sweep_after_s: float = Field(
+        120.0, gt=0, validation_alias="CONTACTO_AUTHENTICATION_SWEEP_AFTER_S"
+    )
+    # ... and after this long unconfirmed the sweep gives up on it (the customer can start again).
+    authentication_give_up_after_s: float = Field(
+        86_400.0, gt=0, validation_alias="CONTACTO_AUTHENTICATION_GIVE_UP_AFTER_S"
+    )
     # dramatiq deletes dead letters older than this (its own default is 7 days): a dead-lettered
     # usage message is a debit not yet made, so the default leaves a month to notice and requeue.
     dead_message_ttl_days: float = Field(30.0, validation_alias="CONTACTO_DEAD_MESSAGE_TTL_DAYS")

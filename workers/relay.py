@@ -8,7 +8,9 @@ Beside publishing, on clocks of their own (a backlog of rows must not starve the
 dramatiq's broker maintenance every CONTACTO_BROKER_MAINTENANCE_INTERVAL_S, which gives a dead
 worker's unacknowledged messages back to their queue (common/broker/maintenance.py), and the
 reconciler every CONTACTO_RECONCILE_INTERVAL_S, which re-publishes the runs, failures and
-re-checks whose message the broker lost (common/recharge/reconcile.py).
+re-checks whose message the broker lost (common/recharge/reconcile.py); on the same clock, with
+PAYMENT_GATEWAY=stripe, the sweep that settles the customers' on-session 3-D Secure
+confirmations their browser never reported (common/recharge/authentication.py).
 Run: `python -m workers.relay` (the Procfile's `relay`).
 """
 
@@ -31,10 +33,14 @@ from common.broker.factory import build_broker
 from common.broker.inspect import queue_stats
 from common.broker.maintenance import run_maintenance
 from common.db.engine import create_engine, raw_connection
+from common.gateway.base import GatewayConfigError
+from common.gateway.factory import build_stripe_gateway
+from common.gateway.stripe_gateway import StripeGateway
 from common.logging import configure_logging
 from common.metrics import metrics, serve
 from common.names import OUTBOX_CHANNEL
 from common.outbox.relay import Publisher, drain_once, outbox_lag, prune_sent
+from common.recharge.authentication import sweep_once
 from common.recharge.reconcile import ReconcileConfig, reconcile_once
 from config.settings import Settings
 from workers._startup import EXIT_NOT_STARTED, NotStarted, check_schema, load_settings
@@ -77,6 +83,21 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
         await reconcile_once(engine, broker_redis, settings.broker_namespace, reconcile_config)
 
     clocks = [asyncio.create_task(_every(reconcile_s, stop, "reconcile.failed", reconcile))]
+    stripe = _stripe_for_sweep(settings)
+    if stripe is not None:
+        gateway = stripe  # bound for the closure, narrowed
+
+        async def sweep() -> None:
+            await sweep_once(
+                engine,
+                gateway,
+                after_s=settings.authentication_sweep_after_s,
+                give_up_after_s=settings.authentication_give_up_after_s,
+            )
+
+        clocks.append(
+            asyncio.create_task(_every(reconcile_s, stop, "authentication.sweep_failed", sweep))
+        )
     # RabbitMQ hands a dead consumer's messages back by itself: no maintenance to run.
     if isinstance(broker, RedisBroker):
         clocks.append(
@@ -120,8 +141,23 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
         publisher.redis.close()
         if broker_redis is not None:
             broker_redis.close()
+        if stripe is not None:
+            await stripe.close()
         await engine.dispose()
         log.info("relay.stopped")
+
+
+def _stripe_for_sweep(settings: Settings) -> StripeGateway | None:
+    """Stripe for the sweep of on-session confirmations, with PAYMENT_GATEWAY=stripe only: no
+    other gateway's confirmation happens in a browser we may never hear from again. Without a
+    key the relay still publishes (the charge worker, which needs one, refuses to start)."""
+    if settings.payment_gateway != "stripe":
+        return None
+    try:
+        return build_stripe_gateway(settings)
+    except GatewayConfigError as exc:
+        log.error("authentication.sweep_disabled", error=str(exc))
+        return None
 
 
 async def _every(

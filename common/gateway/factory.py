@@ -25,8 +25,14 @@ def build_gateway(settings: Settings, redis: aioredis.Redis) -> PaymentGateway:
             return SimulatedGateway(own, prefix=settings.simulated_gateway_prefix, owns_redis=True)
         return SimulatedGateway(redis, prefix=settings.simulated_gateway_prefix)
     if settings.payment_gateway == "stripe":
-        key = settings.stripe_api_key.get_secret_value() if settings.stripe_api_key else ""
-        if not key:
-            raise GatewayConfigError("PAYMENT_GATEWAY=stripe needs STRIPE_API_KEY to be set")
-        return StripeGateway(key, settings.stripe_api_base, settings.gateway_timeout_s)
+        return build_stripe_gateway(settings)
     raise GatewayConfigError(f"unknown PAYMENT_GATEWAY {settings.payment_gateway!r}")
+
+
+def build_stripe_gateway(settings: Settings) -> StripeGateway:
+    """The Stripe gateway (what PAYMENT_GATEWAY=stripe builds), for a process that needs Stripe
+    itself rather than any gateway: the relay's sweep of on-session confirmations."""
+    key = settings.stripe_api_key.get_secret_value() if settings.stripe_api_key else ""
+    if not key:
+        raise GatewayConfigError("PAYMENT_GATEWAY=stripe needs STRIPE_API_KEY to be set")
+    return StripeGateway(key, settings.stripe_api_base, settings.gateway_timeout_s)

@@ -181,6 +181,19 @@ class CardSetup:
 
 
 @dataclass(frozen=True, slots=True)
+class IntentState:
+    """A PaymentIntent as the console's on-session confirmation needs it (console 3-D Secure)."""
+
+    id: str
+    status: str  # Stripe's: requires_action, requires_payment_method, succeeded, ...
+    amount: int  # in Stripe's minor unit of `currency` (common/gateway/currencies.py)
+    currency: str  # lower case, as Stripe writes it
+    payment_method: str | None
+    idempotency_key: str | None  # from the metadata charge() wrote; None if absent
+    client_secret: str = field(repr=False)  # lets a browser confirm the intent: not for logs
+
+
+@dataclass(frozen=True, slots=True)
 class SetUpCard:
     payment_method: str
     brand: str | None
@@ -281,6 +294,32 @@ class StripeGateway:
             last4=str(card.last4) if card is not None else None,
             exp_month=int(card.exp_month) if card is not None else None,
             exp_year=int(card.exp_year) if card is not None else None,
+        )
+
+    async def retrieve_intent(self, payment_intent: str) -> IntentState:
+        """A PaymentIntent's state, read now (never from a cached answer). An unknown id raises
+        CardRejected("resource_missing"); anything else like any other call."""
+        try:
+            intent = await self._client.v1.payment_intents.retrieve_async(
+                payment_intent, options=self._options(None)
+            )
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status == 404 or _error_code(exc) == "resource_missing":
+                raise CardRejected("resource_missing", "The payment was not found.") from exc
+            raise gateway_error(exc) from exc
+        except stripe.StripeError as exc:
+            raise gateway_error(exc) from exc
+        pm = getattr(intent, "payment_method", None)  # localstripe omits it once refused
+        pm_id = pm if isinstance(pm, str) or pm is None else pm.id
+        assert intent.client_secret is not None
+        return IntentState(
+            id=intent.id,
+            status=str(intent.status),
+            amount=int(intent.amount),
+            currency=str(intent.currency),
+            payment_method=pm_id,
+            idempotency_key=_metadata_key(intent),
+            client_secret=intent.client_secret,
         )
 
     async def attach_card(

@@ -305,16 +305,44 @@ async def _record(
         await _hand_failure_to_retry_worker(conn, charge.run_id)
         return ChargeRecorded.FAILED, run
     await conn.execute(store.MARK_SUCCEEDED, charge.charge_id, result.gateway_ref)
+    await credit_success(
+        conn,
+        account,
+        run,
+        charge_id=charge.charge_id,
+        amount=charge.amount,
+        currency=charge.currency,
+        idempotency_key=charge.idempotency_key,
+    )
+    return ChargeRecorded.SUCCEEDED, run
+
+
+async def credit_success(
+    conn: asyncpg.Connection[Any],
+    account: asyncpg.Record,
+    run: asyncpg.Record,
+    *,
+    charge_id: int,
+    amount: Decimal,
+    currency: str,
+    idempotency_key: str,
+) -> Decimal:
+    """What every succeeded charge does, in the caller's transaction with the account and the run
+    locked and the charge already marked succeeded: credit the ledger once (unique on the
+    charge), reset the ladder, emit recharge.succeeded. Returns the balance after the credit.
+
+    One function for the charge worker's charges and the console's confirmed authentications
+    (common/recharge/authentication.py), so that a success means the same thing for both."""
     credited = await apply_credit(
         conn,
         account,
-        charge.amount,
+        amount,
         kind="recharge",
-        reference=charge_reference(charge.charge_id),
-        memo=charge.idempotency_key,
-        charge_id=charge.charge_id,
+        reference=charge_reference(charge_id),
+        memo=idempotency_key,
+        charge_id=charge_id,
     )
-    assert credited is not None, "a pending charge was never credited"
+    assert credited is not None, "a charge that just succeeded was never credited"
     if resets_ladder(status_after_credit=credited.status):
         if account["retry_tier"] != 0:
             await set_tier(
@@ -323,8 +351,8 @@ async def _record(
                 0,
                 None,
                 cause=CAUSE_RESET,
-                run_id=charge.run_id,
-                charge_id=charge.charge_id,
+                run_id=run["id"],
+                charge_id=charge_id,
             )
         # A failed attempt the retry worker has not counted yet happened before this
         # success: it counts for nothing (failures count since the last success).
@@ -334,16 +362,16 @@ async def _record(
         EVENT_RECHARGE_SUCCEEDED,
         {
             "account_id": account["id"],
-            "run_id": charge.run_id,
+            "run_id": run["id"],
             "kind": run["kind"],
-            "charge_id": charge.charge_id,
-            "amount": charge.amount,
-            "currency": charge.currency,
+            "charge_id": charge_id,
+            "amount": amount,
+            "currency": currency,
             "balance": credited.balance,
-            "idempotency_key": charge.idempotency_key,
+            "idempotency_key": idempotency_key,
         },
     )
-    return ChargeRecorded.SUCCEEDED, run
+    return credited.balance
 
 
 async def _call(gateway: PaymentGateway, charge: PendingCharge) -> ChargeResult:

@@ -203,3 +203,75 @@ FOR UPDATE OF a SKIP LOCKED
 """
 STAMP_RUNS = "UPDATE recharge_runs SET reconciled_at = now() WHERE id = ANY($1::bigint[])"
 STAMP_RECHECKS = "UPDATE accounts SET recheck_reconciled_at = now() WHERE id = ANY($1::text[])"
+
+
+# --- the console's authentication of a failed charge (common/recharge/authentication.py) -----
+# The account's latest charge: the one awaiting the customer when it failed for
+# authentication_required (as the console shows it, common/accounts/support.py).
+LATEST_CHARGE = """
+SELECT id, run_id, account_id, amount, currency, status, failure_code, gateway_ref,
+       payment_method, idempotency_key
+FROM charges WHERE account_id = $1 ORDER BY id DESC LIMIT 1
+"""
+CHARGE = """
+SELECT id, run_id, account_id, amount, currency, status, failure_code, gateway_ref,
+       payment_method, idempotency_key
+FROM charges WHERE id = $1
+"""
+# Started again after a refusal or an expiry: the same row, open again. Never once credited
+# (no row returned then).
+START_AUTHENTICATION = """
+INSERT INTO charge_authentications (charge_id, account_id, payment_intent)
+VALUES ($1, $2, $3)
+ON CONFLICT (charge_id) DO UPDATE
+    SET started_at = now(), checked_at = NULL, settled_at = NULL, outcome = NULL
+    WHERE charge_authentications.outcome IS DISTINCT FROM 'succeeded'
+RETURNING charge_id
+"""
+ACCOUNT_AUTHENTICATION = """
+SELECT * FROM charge_authentications WHERE account_id = $1 ORDER BY started_at DESC LIMIT 1
+"""
+AUTHENTICATION = "SELECT * FROM charge_authentications WHERE charge_id = $1"
+LOCK_AUTHENTICATION = "SELECT * FROM charge_authentications WHERE charge_id = $1 FOR UPDATE"
+SETTLE_AUTHENTICATION = """
+UPDATE charge_authentications SET settled_at = now(), outcome = $2, credited_charge_id = $3
+WHERE charge_id = $1
+"""
+# An open row that a refusal or the sweep's give-up closes; a success closes it under its lock.
+CLOSE_AUTHENTICATION = """
+UPDATE charge_authentications SET settled_at = now(), outcome = $2
+WHERE charge_id = $1 AND settled_at IS NULL
+"""
+CHARGE_BY_KEY = "SELECT id, run_id FROM charges WHERE idempotency_key = $1"
+# The confirmed payment is a charge of its own, in a manual run finished at once: the failed
+# charge stays failed (it is history: the off-session attempt did fail), and the unique
+# idempotency key authenticate-<failed charge> makes a second credit impossible.
+INSERT_AUTHENTICATED_RUN = """
+INSERT INTO recharge_runs
+    (account_id, kind, trigger, tier, recharge_amount, mode, max_charges, state, finished_at)
+VALUES ($1, 'manual', 'authentication', $2, $3, 'repeat', 1, 'succeeded', now())
+RETURNING *
+"""
+INSERT_AUTHENTICATED_CHARGE = """
+INSERT INTO charges (run_id, account_id, seq, amount, currency, idempotency_key, payment_method,
+                     status, gateway_ref, gateway_calls)
+VALUES ($1, $2, 1, $3, $4, $5, $6, 'succeeded', $7, 0)
+RETURNING id
+"""
+# The sweep's claim: open confirmations started over $1 seconds ago and not asked about for as
+# long, stamped so that another relay (or the next pass) leaves them alone for $1 seconds.
+# `overdue`: started over $3 seconds ago, time to give up unless Stripe says it succeeded.
+CLAIM_UNSETTLED_AUTHENTICATIONS = """
+UPDATE charge_authentications a SET checked_at = now()
+FROM (
+    SELECT charge_id FROM charge_authentications
+    WHERE settled_at IS NULL
+      AND started_at < now() - make_interval(secs => $1)
+      AND coalesce(checked_at, '-infinity') < now() - make_interval(secs => $1)
+    ORDER BY started_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+) due
+WHERE a.charge_id = due.charge_id
+RETURNING a.charge_id, a.account_id, a.started_at < now() - make_interval(secs => $3) AS overdue
+"""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -119,3 +121,41 @@ def run_localstripe(*, startup_timeout_s: float = 20.0, attempts: int = 3) -> It
             _stop(process)
             last_error = log_path.read_text(errors="replace")[-2000:]
         raise LocalstripeUnavailable(f"localstripe did not start: {last_error}")
+
+
+# --- playing the customer's part ---------------------------------------------------------------
+# The 3-D Secure test card localstripe knows (it leaves an off-session intent requires_action).
+THREE_DS_CARD = "4000002500003155"
+
+
+def card_payment_method(api_base: str, number: str) -> str:
+    """A card PaymentMethod, made as Stripe.js would make it from the typed number."""
+    request = urllib.request.Request(
+        f"{api_base}/v1/payment_methods",
+        data=urllib.parse.urlencode(
+            {
+                "type": "card",
+                "card[number]": number,
+                "card[exp_month]": "12",
+                "card[exp_year]": "2034",
+                "card[cvc]": "123",
+            }
+        ).encode(),
+        headers={"Authorization": f"Bearer {TEST_API_KEY}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        method_id: str = json.loads(response.read())["id"]
+    return method_id
+
+
+def authenticate(api_base: str, client_secret: str, *, success: bool) -> None:
+    """The bank's answer to a 3-D Secure step, as localstripe's Stripe.js double sends it for
+    confirmCardPayment: only the client secret proves the right to answer."""
+    pi = client_secret.split("_secret_")[0]
+    request = urllib.request.Request(
+        f"{api_base}/v1/payment_intents/{pi}/_authenticate?success={str(success).lower()}",
+        data=json.dumps({"key": "pk_test_contacto", "client_secret": client_secret}).encode(),
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200

@@ -40,6 +40,17 @@ from common.gateway.base import CardRejected, GatewayError
 from common.gateway.simulated import SimulatedGateway
 from common.gateway.stripe_gateway import StripeGateway
 from common.money import format_amount, parse_amount
+from common.recharge.authentication import (
+    AlreadySettled,
+    Credited,
+    NotConfirmed,
+    ReadyToSettle,
+    Refusal,
+    Refused,
+    StillPending,
+)
+from common.recharge.authentication import begin as begin_authentication
+from common.recharge.authentication import settle_account as settle_authentication
 from common.recharge.limits import LimitError, effective_max
 from common.recharge.manual import FINAL_RUN_STATES, request_manual_recharge, run_summary
 from common.recharge.policy import RechargeMode
@@ -535,7 +546,8 @@ async def authenticate_form(request: Request) -> Response:
     view = await _view(res, _account(session))
     if view["awaiting_authentication"] is None:
         raise Redirect("/billing")
-    return await _render(request, session, "authenticate.html", {"view": view, "active": "billing"})
+    ctx = {**_billing_context(res, view, {}), "view": view}
+    return await _render(request, session, "authenticate.html", ctx)
 
 
 @router.post("/billing/authenticate")
@@ -572,6 +584,88 @@ async def authenticate_submit(request: Request) -> Response:
         f"/payments?run={run_id}",
         "Payment confirmed with your bank. Your balance updates as soon as the charge completes.",
     )
+
+
+# PAYMENT_GATEWAY=stripe: the failed charge's PaymentIntent is confirmed on-session by Stripe.js
+# (common/recharge/authentication.py); the server always asks Stripe what happened.
+NOT_CONFIRMED_TEXT: Final = (
+    "Your bank did not confirm the payment; nothing was charged. You can try again below."
+)
+PENDING_TEXT: Final = (
+    "Your bank has not confirmed the payment yet. Your balance updates as soon as it does."
+)
+PROCESSOR_DOWN_TEXT: Final = (
+    "Our payment processor did not answer. If you confirmed the payment with your bank, your "
+    "balance updates within a few minutes; otherwise please try again."
+)
+REFUSED_TEXT: Final = {
+    Refusal.NOTHING_AWAITING: "No payment is waiting for your confirmation.",
+    Refusal.NOT_CONFIRMABLE: (
+        "This payment can no longer be completed. Make a recharge on the Payments page instead."
+    ),
+    Refusal.MISMATCH: "This payment cannot be completed here. Please contact support.",
+}
+
+
+@router.post("/billing/authenticate/start")
+async def authenticate_start(request: Request) -> Response:
+    """The client secret of the failed charge's PaymentIntent for Stripe.js's
+    confirmCardPayment (posted by the page's script, the CSRF token in a header). The
+    confirmation is recorded before the secret is answered (the sweep's way forward)."""
+    res = resources(request)
+    session = await _page(request)
+    if not csrf_ok(session.csrf, request.headers.get(CSRF_HEADER)):
+        raise CsrfRefused
+    gateway = res.gateway()
+    if not isinstance(gateway, StripeGateway):
+        return JSONResponse({"error": "this step needs PAYMENT_GATEWAY=stripe"}, status_code=409)
+    account_id = _account(session)
+    try:
+        async with res.connection() as conn:
+            begun = await begin_authentication(conn, gateway, account_id)
+    except GatewayError:
+        log.warning("console.authentication_start_failed", account_id=account_id)
+        return JSONResponse(
+            {"error": "Our payment processor did not answer. Please try again."}, status_code=502
+        )
+    if isinstance(begun, Refused):
+        return JSONResponse({"error": REFUSED_TEXT[begun.reason]}, status_code=409)
+    if isinstance(begun, ReadyToSettle):
+        return JSONResponse({"settle": True})
+    return JSONResponse(
+        {"client_secret": begun.client_secret, "payment_method": begun.payment_method}
+    )
+
+
+@router.post("/billing/authenticate/confirmed")
+async def authenticate_confirmed(request: Request) -> Response:
+    """Stripe.js says it is done: settle with what Stripe says (credited once, whoever asks)."""
+    res = resources(request)
+    session = await _page(request)
+    await _form(request, session)
+    gateway = res.gateway()
+    if not isinstance(gateway, StripeGateway):
+        raise Redirect("/billing")
+    account_id = _account(session)
+    try:
+        async with res.connection() as conn:
+            settled = await settle_authentication(conn, gateway, account_id)
+    except GatewayError:
+        log.warning("console.authentication_settle_failed", account_id=account_id)
+        return await _flash_redirect(request, session, "/billing", PROCESSOR_DOWN_TEXT)
+    if isinstance(settled, Credited | AlreadySettled):
+        log.info("console.authenticated", account_id=account_id, run_id=settled.run_id)
+        # The payments page's script reads the run: "Recharged $25.00. Your balance is now ...",
+        # as after any recharge.
+        target = "/payments" if settled.run_id is None else f"/payments?run={settled.run_id}"
+        return await _flash_redirect(request, session, target, "Payment confirmed with your bank.")
+    if isinstance(settled, NotConfirmed):
+        return await _flash_redirect(request, session, "/billing", NOT_CONFIRMED_TEXT)
+    if isinstance(settled, StillPending):
+        return await _flash_redirect(request, session, "/billing", PENDING_TEXT)
+    if isinstance(settled, Refused):
+        return await _flash_redirect(request, session, "/billing", REFUSED_TEXT[settled.reason])
+    raise Redirect("/billing")  # NothingStarted: no confirmation of this account's to settle
 
 
 # --- payments: auto-recharge, manual recharge, alert --------------------------------------------

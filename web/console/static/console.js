@@ -125,6 +125,42 @@
     });
   }
 
+  // PAYMENT_GATEWAY=stripe: a recharge that failed with authentication_required is confirmed
+  // on-session. The server hands over the failed charge's PaymentIntent (recording first that
+  // the confirmation started), Stripe.js runs the bank's step, then the form asks the server to
+  // settle: the server asks Stripe what happened, never this page.
+  const authForm = document.getElementById("stripe-authenticate-form");
+  if (authForm && window.Stripe) {
+    const stripe = window.Stripe(authForm.dataset.stripeKey);
+    const error = document.querySelector("[data-authenticate-error]");
+    const button = authForm.querySelector("button[type=submit]");
+    authForm.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      button.disabled = true;
+      error.textContent = "";
+      try {
+        const res = await fetch("/billing/authenticate/start", {
+          method: "POST",
+          headers: { "X-CSRF-Token": csrf },
+          credentials: "same-origin",
+        });
+        const body = await res.json().catch(() => ({}));
+        if (!res.ok) throw new Error(body.error || "The payment could not be started.");
+        if (body.client_secret) {
+          const data = body.payment_method ? { payment_method: body.payment_method } : {};
+          const result = await stripe.confirmCardPayment(body.client_secret, data);
+          if (result.error) {
+            throw new Error(result.error.message || "Your bank did not confirm the payment.");
+          }
+        }
+        authForm.submit();
+      } catch (err) {
+        error.textContent = err.message;
+        button.disabled = false;
+      }
+    });
+  }
+
   // Card number in groups of four as it is typed (display only; the server strips spaces).
   const number = document.getElementById("card_number");
   if (number) {
