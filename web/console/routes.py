@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import inspect
 import io
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi import Path as FastApiPath
 from fastapi.templating import Jinja2Templates
 from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from common.accounts.store import AccountError
@@ -115,6 +117,10 @@ class CsrfRefused(Exception):
     pass
 
 
+# The JSON API's paths (CONTRACT.md): their errors stay JSON whatever the client accepts.
+API_PATHS: Final = ("/v1/", "/healthz", "/readyz", "/openapi.json", "/metrics")
+
+
 def install_errors(app: FastAPI) -> None:
     async def redirect(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, Redirect)
@@ -132,8 +138,33 @@ def install_errors(app: FastAPI) -> None:
             status_code=403,
         )
 
+    api_error = app.exception_handlers[StarletteHTTPException]
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        # A person who mistypes a console address gets a page, not the API's JSON; the API's
+        # paths, and clients that do not ask for HTML, keep the JSON error of the contract.
+        assert isinstance(exc, StarletteHTTPException)
+        if (
+            exc.status_code == 404
+            and not request.url.path.startswith(API_PATHS)
+            and "text/html" in request.headers.get("accept", "")
+        ):
+            return templates.TemplateResponse(
+                request,
+                "error.html",
+                {
+                    "title": "Page not found",
+                    "message": "There is no page at this address. Your balance, card and "
+                    "payments are on the Billing and Payments pages.",
+                },
+                status_code=404,
+            )
+        answer = api_error(request, exc)
+        return await answer if inspect.isawaitable(answer) else answer
+
     app.add_exception_handler(Redirect, redirect)
     app.add_exception_handler(CsrfRefused, csrf)
+    app.add_exception_handler(StarletteHTTPException, not_found)
 
 
 # --- sessions ----------------------------------------------------------------------------------

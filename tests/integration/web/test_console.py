@@ -306,6 +306,19 @@ async def test_logout_ends_the_session(console: httpx.AsyncClient, conn: Any) ->
     assert (await console.get("/billing")).headers["location"] == "/login"
 
 
+async def test_a_mistyped_console_address_gets_a_page_and_the_api_keeps_its_json(
+    console: httpx.AsyncClient,
+) -> None:
+    html = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    page = await console.get("/bililng", headers=html)
+    assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
+    assert "Page not found" in page.text
+    for path, headers in (("/bililng", {"Accept": "*/*"}), ("/v1/nope", html)):
+        answer = await console.get(path, headers=headers)
+        assert answer.status_code == 404
+        assert answer.json()["error"]["code"] == "not_found"
+
+
 # --- one account per customer -------------------------------------------------------------------
 
 
