@@ -38,6 +38,7 @@ import redis
 
 from bench.pipeline import REPO
 from bench.pipeline.console import say
+from bench.pipeline.cpu import CpuSnapshot, cpu_snapshot
 from bench.pipeline.database import BenchDatabase, open_accounts
 from bench.pipeline.processes import Processes, child_env, stop
 from common import procfile
@@ -166,11 +167,12 @@ async def setup(url: str, settings: Any, accounts: int, crossing: int) -> None:
 
 async def crossing(
     conn: asyncpg.Connection[Any], broker: Any, accounts: range, suffix: str
-) -> tuple[list[float], list[asyncpg.Record]]:
+) -> tuple[list[float], list[asyncpg.Record], dict[str, float]]:
     """One debit each for `accounts` (cross-<i>), all at once; wait for every recharge."""
     from common.broker.publish import usage_message
 
     tag = f"cross-{suffix}-{accounts.start}"
+    before = cpu_snapshot()
     at = datetime.now(UTC).isoformat()
     for i in accounts:
         event = {
@@ -196,7 +198,37 @@ async def crossing(
         "AND l.kind = 'recharge' WHERE u.event_id LIKE $1 GROUP BY u.account_id",
         f"{tag}-%",
     )
-    return found, await conn.fetch(STAGES_SQL, f"{tag}-%")
+    spent = cpu_by_process(before, cpu_snapshot())
+    return found, await conn.fetch(STAGES_SQL, f"{tag}-%"), spent
+
+
+def _role(pid: int, comm: str) -> str | None:
+    if comm == "postgres" or comm.startswith("redis-server"):
+        return comm.split("-")[0]
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            argv = fh.read().split(b"\0")
+    except OSError:
+        return None
+    for arg in argv:
+        if arg.startswith(b"workers."):
+            return arg.decode()
+    return None
+
+
+def cpu_by_process(start: CpuSnapshot, end: CpuSnapshot) -> dict[str, float]:
+    """CPU milliseconds each kind of process used in the window (every dramatiq process of a
+    worker line counts for that line), and the machine's total."""
+    spent: dict[str, float] = {}
+    for pid, proc in end.procs.items():
+        before = start.procs.get(pid)
+        delta = proc.cpu - (before.cpu if before else 0.0)
+        role = _role(pid, proc.comm) if delta > 0 else None
+        if role is not None:
+            spent[role] = spent.get(role, 0.0) + delta * 1000
+    spent["machine (all processes)"] = (end.busy - start.busy) * 1000
+    spent["wall"] = (end.at - start.at) * 1000
+    return spent
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -220,7 +252,7 @@ async def run(args: argparse.Namespace) -> int:
     processes = Processes()
     work = Path(tempfile.mkdtemp(prefix="contacto-bench-latency-"))
     windows: list[Window] = []
-    crossings: list[tuple[str, list[float], list[asyncpg.Record]]] = []
+    crossings: list[tuple[str, list[float], list[asyncpg.Record], dict[str, float]]] = []
     try:
         await database.create(None)
         await setup(database.url, settings, args.accounts, args.crossing)
@@ -281,13 +313,14 @@ async def run(args: argparse.Namespace) -> int:
     for w in windows:
         print(f"{w.rate:>7} {w.sent:>7} {w.p50_ms:>8.1f} {w.p90_ms:>8.1f} {w.p99_ms:>8.1f} "
               f"{w.max_ms:>8.1f} {w.behind_ms:>17.0f}")  # fmt: skip
-    for label, crossing_ms, stages in crossings:
+    for label, crossing_ms, stages, spent in crossings:
         p50, p90, p99, top = crossing_ms
         print(f"crossing -> credit, {args.crossing} accounts at once, {label}: p50 {p50:.0f} ms, "
               f"p90 {p90:.0f} ms, p99 {p99:.0f} ms, max {top:.0f} ms")  # fmt: skip
         for row in stages:
             print(f"  {row['stage']:<47} min {row['least']:>5.0f} ms  p50 {row['p50']:>5.0f} ms  "
                   f"p99 {row['p99']:>5.0f} ms")  # fmt: skip
+        print("  CPU ms while it ran: " + ", ".join(f"{k} {v:.0f}" for k, v in spent.items()))
     return 0
 
 

@@ -8,6 +8,7 @@ like the engine's pool, belongs to the loop that first uses it, hence creation o
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,11 +16,12 @@ import redis.asyncio as aioredis
 import structlog
 from dramatiq.asyncio import get_event_loop_thread, set_event_loop_thread
 from dramatiq.middleware import Middleware
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from common.db.engine import create_engine
 from common.db.hotpool import HotPool
 from common.gateway import PaymentGateway, build_gateway
+from common.metrics import metrics
 from config.settings import Settings
 from workers._startup import EXIT_NOT_STARTED, NotStarted, check_schema
 
@@ -86,7 +88,17 @@ class ResourcesMiddleware(Middleware):
 
     async def _start(self) -> Resources:
         redis = aioredis.Redis.from_url(self.settings.redis_url)
-        return Resources(self.settings, create_engine(self.settings), redis, None)
+        engine = create_engine(self.settings)
+        await _open_pool(engine, self.settings.db_pool_size)
+        return Resources(self.settings, engine, redis, None)
+
+    def after_worker_boot(self, broker: Any, worker: Any) -> None:
+        # Our Prometheus metrics are made on first use, which cost a worker's first message
+        # 18 ms (the import of prometheus_client and the registry): made now instead, once the
+        # Prometheus middleware has chosen its storage. On the loop, where the actors use them.
+        loop_thread = get_event_loop_thread()
+        if _current is not None and loop_thread is not None:
+            loop_thread.run_coroutine(_make_metrics())
 
     # after, not before: dramatiq emits before_worker_shutdown while the worker threads are
     # still running their messages, which would lose their engine mid-transaction. After
@@ -100,6 +112,27 @@ class ResourcesMiddleware(Middleware):
         current, _current = _current, None
         loop_thread.run_coroutine(_dispose(current))
         log.info("worker.resources_disposed")
+
+
+async def _make_metrics() -> None:
+    metrics()
+
+
+async def _open_pool(engine: AsyncEngine, connections: int) -> None:
+    """Open the pool's connections now rather than in the first messages: forty accounts
+    crossing their threshold at once were the charge worker's first work after a start, and
+    waited for its connections to open (docs/performance.md, "Latency"). Best effort: with
+    PostgreSQL down the worker starts anyway, and its messages wait and are retried."""
+
+    async def one() -> AsyncConnection:
+        return await engine.connect()
+
+    opened = await asyncio.gather(*(one() for _ in range(connections)), return_exceptions=True)
+    for conn in opened:
+        if isinstance(conn, AsyncConnection):
+            await conn.close()
+        else:
+            log.warning("db.pool_not_opened", error=str(conn)[:200])
 
 
 async def _dispose(current: Resources) -> None:

@@ -17,11 +17,14 @@ import asyncpg
 from common.money import format_amount
 from common.names import ACTOR_QUEUES, DEST_QUEUE, DEST_STREAM, OUTBOX_CHANNEL
 
-NOTIFY = "SELECT pg_notify($1, '')"
+# The row and the relay's wake-up in one round trip (a data-modifying CTE always runs).
 _INSERT = """
-INSERT INTO outbox (destination, target, actor_name, payload, deliver_at)
-VALUES ($1, $2, $3, $4, coalesce($5, now()))
-RETURNING id
+WITH written AS (
+    INSERT INTO outbox (destination, target, actor_name, payload, deliver_at)
+    VALUES ($1, $2, $3, $4, coalesce($5, now()))
+    RETURNING id
+)
+SELECT (SELECT id FROM written) AS id, pg_notify($6, '')
 """
 
 
@@ -35,9 +38,8 @@ async def enqueue_message(
     """Ask for a dramatiq message to `actor_name` (its queue is looked up in common.names)."""
     queue = ACTOR_QUEUES[actor_name]
     outbox_id: int = await conn.fetchval(
-        _INSERT, DEST_QUEUE, queue, actor_name, json.dumps(kwargs), deliver_at
+        _INSERT, DEST_QUEUE, queue, actor_name, json.dumps(kwargs), deliver_at, OUTBOX_CHANNEL
     )
-    await conn.execute(NOTIFY, OUTBOX_CHANNEL)
     return outbox_id
 
 
@@ -51,9 +53,14 @@ def _jsonable(value: object) -> str:
 async def emit_event(conn: asyncpg.Connection[Any], event_type: str, data: dict[str, Any]) -> int:
     """Ask for a domain event on the Redis Stream (`recharge.succeeded`, `account.suspended`…)."""
     outbox_id: int = await conn.fetchval(
-        _INSERT, DEST_STREAM, event_type, None, json.dumps(data, default=_jsonable), None
+        _INSERT,
+        DEST_STREAM,
+        event_type,
+        None,
+        json.dumps(data, default=_jsonable),
+        None,
+        OUTBOX_CHANNEL,
     )
-    await conn.execute(NOTIFY, OUTBOX_CHANNEL)
     return outbox_id
 
 

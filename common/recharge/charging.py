@@ -134,15 +134,19 @@ async def _advance(
     account: asyncpg.Record,
     run: asyncpg.Record,
     limits: ChargeLimits,
+    *,
+    may_have_pending: bool = True,
 ) -> PendingCharge | RunFinished:
     """The locked run's next step: resume its pending charge, finish it, or store the next
-    charge (or, when it can never be sent, its failure)."""
+    charge (or, when it can never be sent, its failure). `may_have_pending` False: the caller
+    just recorded the run's only pending charge (one per run, a unique index)."""
     run_id = run["id"]
     if run["state"] != RunState.PENDING:
         return RunFinished(RunState(run["state"]))  # a duplicate, or finished meanwhile
-    pending = await conn.fetchrow(store.RESUME_PENDING_CHARGE, run_id)
-    if pending is not None:
-        return _pending(pending, account)
+    if may_have_pending:
+        pending = await conn.fetchrow(store.RESUME_PENDING_CHARGE, run_id)
+        if pending is not None:
+            return _pending(pending, account)
     stats = await conn.fetchrow(store.RUN_CHARGE_STATS, run_id)
     assert stats is not None
     step = _decide(run, account, stats["succeeded"], limits)
@@ -287,7 +291,8 @@ async def record_and_advance(
         # run's row is unchanged since it was locked.
         account = await lock_account(conn, charge.account_id)
         assert account is not None
-        return Recorded(outcome, await _advance(conn, account, run, limits))
+        step = await _advance(conn, account, run, limits, may_have_pending=False)
+        return Recorded(outcome, step)
 
 
 async def _record(

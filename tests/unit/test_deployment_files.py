@@ -111,11 +111,12 @@ def test_metrics_ports_and_directory_come_from_the_environment() -> None:
 
 def test_idle_dramatiq_consumers_poll_every_100_ms_in_the_procfile_and_compose() -> None:
     """dramatiq's default idle poll is 1 s: the first message after a quiet spell waited up to
-    that long (docs/performance.md, "Latency")."""
+    that long (docs/performance.md, "Latency"); the charge worker, which a threshold crossing
+    waits on, polls every 50 ms."""
     services = compose()["services"]
-    for name in ("balance", "charge", "retry"):
-        assert procfile_entries()[name].env["dramatiq_worker_timeout"] == "100", name
-        assert services[name]["environment"]["dramatiq_worker_timeout"] == "100", name
+    for name, ms in (("balance", "100"), ("charge", "50"), ("retry", "100")):
+        assert procfile_entries()[name].env["dramatiq_worker_timeout"] == ms, name
+        assert services[name]["environment"]["dramatiq_worker_timeout"] == ms, name
 
 
 def test_the_shell_runs_each_line_as_parsed(tmp_path: Path) -> None:
