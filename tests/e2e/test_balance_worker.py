@@ -76,6 +76,9 @@ async def test_duplicate_deliveries_racing_across_two_processes_debit_once(
     with running(
         dramatiq_worker("workers.balance", "usage", worker_env(namespace), processes=2, threads=8)
     ):
+        # Every event debited and every copy delivered (on RabbitMQ, copies still in a
+        # worker's hands cannot be seen; they are duplicates by then, and checked below).
+        await until(lambda: ledger_rows(conn, acct), lambda n: n >= 300, what="300 debits")
         await until(lambda: _queue_drained(namespace), bool, timeout_s=60, what="queue drained")
     balance, total, _ = await balance_and_ledger(conn, acct)
     assert balance == total == Decimal(1000) - 300 * Decimal("1.5")

@@ -8,9 +8,10 @@ common/names.py and the broker modules.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
-import subprocess
+from dataclasses import dataclass
 from typing import Any
 
 import pika
@@ -18,8 +19,9 @@ import redis
 from dramatiq.common import dq_name
 
 from common import names
-from common.broker import inspect
+from common.broker import inspect, rabbitmq
 from config.settings import Settings
+from tests.support.waiting import until
 
 
 def on_rabbitmq() -> bool:
@@ -31,22 +33,61 @@ def _settings(namespace: str) -> Settings:
     return Settings(CONTACTO_BROKER_NAMESPACE=namespace)
 
 
-def queue_depth(namespace: str, queue: str) -> int:
-    """Messages of `queue` not yet done with: ready, delayed, or fetched and not yet acked."""
+@dataclass(frozen=True)
+class QueueCounts:
+    waiting: int  # ready or delayed: what a worker will fetch
+    held: int  # fetched by a worker and not yet acknowledged
+
+
+def queue_counts(namespace: str, queue: str) -> QueueCounts:
+    """Messages of `queue` (and its delay queue) not yet done with.
+
+    On RabbitMQ only the ready counts are exact at once (AMQP's queue.declare-ok; rabbitmqctl's
+    figures for a quorum queue are refreshed every few seconds), and unacknowledged messages
+    cannot be counted over AMQP: `held` is 0, and `waiting` is exact only once no consumer is
+    attached (RabbitMQ then has every unacked message back on its queue). `settled_counts`
+    waits for that."""
     settings = _settings(namespace)
     if settings.broker_is_rabbitmq:
-        return _rabbit_depth(namespace, queue)
+        assert settings.broker_url is not None
+        (stats,) = rabbitmq.queue_stats(settings.broker_url, [queue])
+        return QueueCounts(stats.ready + stats.delayed, 0)
     client = redis.Redis.from_url(settings.broker_redis_url)
     try:
-        stats = inspect.queue_stats(client, namespace, settings.broker_heartbeat_timeout_ms)
+        found = inspect.queue_stats(client, namespace, settings.broker_heartbeat_timeout_ms)
     finally:
         client.close()
-    found = next((s for s in stats if s.queue == queue), None)
-    return 0 if found is None else found.ready + found.delayed + found.in_flight
+    stats_ = next((s for s in found if s.queue == queue), None)
+    if stats_ is None:
+        return QueueCounts(0, 0)
+    return QueueCounts(stats_.ready + stats_.delayed, stats_.in_flight)
+
+
+async def settled_counts(namespace: str, queue: str) -> QueueCounts:
+    """queue_counts once every worker of `queue` is gone (call it after stopping them)."""
+    settings = _settings(namespace)
+    if settings.broker_is_rabbitmq:
+        assert settings.broker_url is not None
+        url = settings.broker_url
+        await until(
+            lambda: asyncio.to_thread(_rabbit_consumers, url, queue),
+            lambda n: n == 0,
+            timeout_s=10,
+            what=f"no consumer on {queue}",
+        )
+    return await asyncio.to_thread(queue_counts, namespace, queue)
+
+
+def _rabbit_consumers(url: str, queue: str) -> int:
+    stats = rabbitmq.queue_stats(url, [queue, dq_name(queue)])
+    return sum(s.consumers for s in stats)
 
 
 async def queue_drained(namespace: str, queue: str) -> bool:
-    return queue_depth(namespace, queue) == 0
+    """Nothing waits on `queue` (on Redis: and nothing is held by a worker either; on RabbitMQ
+    that cannot be seen, see queue_counts: wait for the work's effect too)."""
+    counts = await asyncio.to_thread(queue_counts, namespace, queue)
+    return counts.waiting == 0 and counts.held == 0
 
 
 def waiting_messages(namespace: str, queue: str) -> list[dict[str, Any]]:
@@ -77,18 +118,3 @@ def _rabbit_waiting(url: str, queue: str) -> list[dict[str, Any]]:
             found.append(json.loads(body))
     finally:
         connection.close()
-
-
-def _rabbit_depth(vhost: str, queue: str) -> int:
-    # AMQP tells only the ready count; rabbitmqctl's `messages` adds the unacknowledged ones
-    # (in a worker's prefetch, or delayed messages it holds until due on the .DQ queue).
-    columns = ["name", "messages", "--formatter", "json"]
-    out = subprocess.run(
-        ["rabbitmqctl", "-q", "list_queues", "-p", vhost, *columns],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout
-    counts = {q["name"]: int(q["messages"]) for q in json.loads(out or "[]")}
-    return counts.get(queue, 0) + counts.get(dq_name(queue), 0)
