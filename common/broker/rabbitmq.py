@@ -10,8 +10,11 @@ Redis. The same actors, queues and middleware; what differs is here.
   outbox row sent only after that.
 * **Redelivery** needs no heartbeat or maintenance: RabbitMQ returns a dead consumer's
   unacknowledged messages the moment its connection drops.
-* **Undecodable bytes** on a queue are nacked by dramatiq's consumer and RabbitMQ dead-letters
-  them, raw, into the `.XQ` queue (`dlq list`).
+* **Undecodable bytes** on a queue (not JSON, or JSON that is no dramatiq message) are sifted
+  by `SiftingRabbitmqConsumer` with common/broker/poison.py's reasons: one log line, then a
+  nack, and RabbitMQ dead-letters them, raw, into the `.XQ` queue, where `dlq list` shows them
+  with that reason (recomputed from the bytes). On Redis the usage queue's become rejected
+  usage instead; here the raw bytes never reach an actor.
 * Namespaces are vhosts: `CONTACTO_BROKER_NAMESPACE` names Redis keys only; two deployments
   on one RabbitMQ use two vhosts (the URL's path).
 """
@@ -25,14 +28,57 @@ from dataclasses import dataclass
 from typing import Any
 
 import pika
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
-from dramatiq.common import dq_name, xq_name
+import structlog
+from dramatiq.broker import MessageProxy
+from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer, _RabbitmqMessage
+from dramatiq.common import dq_name, q_name, xq_name
+from dramatiq.errors import ConnectionClosed
+
+from common.broker.poison import decode_entry
+
+log = structlog.get_logger(__name__)
 
 QUORUM: dict[str, str] = {"x-queue-type": "quorum"}
 
 
+class SiftingRabbitmqConsumer(_RabbitmqConsumer):
+    """dramatiq's RabbitMQ consumer, but an undecodable body is one warning with its reason
+    (dramatiq logs a traceback per body, which a hostile producer can turn into a flood) and
+    is decoded once, by poison.decode_entry, which checks the fields dramatiq's decode lets
+    through."""
+
+    def __next__(self) -> MessageProxy | None:
+        # dramatiq's __next__, but for the decoding.
+        try:
+            method, _properties, body = next(self.iterator)
+            if method is None:
+                return None
+        except (
+            AssertionError,
+            pika.exceptions.AMQPConnectionError,
+            pika.exceptions.AMQPChannelError,
+        ) as exc:
+            if getattr(exc, "reply_code", None) == 404:  # redeclared when the consumer restarts
+                self.broker.queues_pending.add(q_name(self.queue_name))
+            raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
+        message, reason = decode_entry(body)
+        if message is None:
+            log.warning("broker.undecodable", queue=self.queue_name, reason=reason, size=len(body))
+            # Not requeued: the queue's dead-letter routing keeps the bytes as they came.
+            self._nack(method.delivery_tag)  # type: ignore[no-untyped-call]
+            return None
+        proxy = _RabbitmqMessage(method.redelivered, method.delivery_tag, message)  # type: ignore[no-untyped-call]
+        self.known_tags.add(method.delivery_tag)
+        return proxy
+
+
 class QuorumRabbitmqBroker(RabbitmqBroker):
-    """dramatiq's RabbitMQ broker declaring quorum queues, with publisher confirms on."""
+    """dramatiq's RabbitMQ broker declaring quorum queues, with publisher confirms on, and a
+    consumer that sifts what it hands out."""
+
+    @property
+    def consumer_class(self) -> type[SiftingRabbitmqConsumer]:
+        return SiftingRabbitmqConsumer
 
     def __init__(self, *, url: str, dead_message_ttl_ms: int, **kwargs: Any) -> None:
         super().__init__(url=url, confirm_delivery=True, **kwargs)
@@ -65,6 +111,14 @@ class RabbitDeadLetter:
     queue: str
     message: dict[str, Any] | None  # None: the bytes are not a dramatiq message
     raw: bytes
+
+    @property
+    def reason(self) -> str | None:
+        """Why it died: dramatiq's dead_reason, or why the bytes are no message."""
+        if self.message is None:
+            return decode_entry(self.raw)[1]
+        found = self.options.get("dead_reason")
+        return None if found is None else str(found)
 
     @property
     def message_id(self) -> str | None:
@@ -136,11 +190,11 @@ def dead_letters(url: str, queues: Sequence[str], limit: int) -> list[RabbitDead
 
 
 def _decode(body: bytes) -> dict[str, Any] | None:
-    try:
-        message = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    """The message's fields, or None if the bytes are no dramatiq message (poison's test)."""
+    if decode_entry(body)[0] is None:
         return None
-    return message if isinstance(message, dict) else None
+    found: dict[str, Any] = json.loads(body)
+    return found
 
 
 def requeue_dead(
