@@ -3,6 +3,7 @@ its own (RabbitMQ's namespace), queues declared quorum."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -11,9 +12,11 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import dramatiq
 import pika
 import pytest
 
+from common import names
 from common.broker.factory import build_broker
 from common.broker.publish import usage_batch_message, usage_message
 from common.broker.rabbitmq import QuorumRabbitmqBroker
@@ -172,6 +175,36 @@ async def test_undecodable_bytes_are_dead_lettered_raw_and_the_cli_reads_and_req
     assert requeued["requeued"] == [] and len(requeued["skipped"]) == 2
     purged = _json(cli(env, "dlq", "purge", "--yes", "--json"))
     assert purged["purged"]["usage"] == 2
+
+
+async def test_messages_the_worker_cannot_run_are_dead_lettered_at_once_with_their_reason(
+    namespace: str, sim_prefix: str, vhost: str
+) -> None:
+    """As on Redis (tests/e2e/test_poison.py): an unknown actor, arguments that do not bind."""
+    env = rabbit_env(namespace, sim_prefix, vhost)
+    broker = build_broker(Settings(BROKER_URL=f"{AMQP}/{vhost}"))
+    msg: dramatiq.Message[Any] = dramatiq.Message(
+        queue_name="charges", actor_name="no_such_actor", args=(), kwargs={}, options={}
+    )
+    with processes(env, "charge") as procs:
+        unknown = broker.enqueue(msg)
+        misfit = broker.enqueue(msg.copy(actor_name=names.ACTOR_RUN_RECHARGE, kwargs={"x": 1}))
+        listed = await until(
+            lambda: asyncio.to_thread(lambda: _json(cli(env, "dlq", "list", "--json"))),
+            lambda out: out["total"] >= 2,
+            timeout_s=30,
+            what="two dead letters",
+        )
+        assert procs["charge"].alive()
+        output = procs["charge"].output()
+    reasons = {m["message_id"]: m["reason"] for m in listed["messages"]}
+    assert reasons == {
+        unknown.message_id: "unknown actor 'no_such_actor'",
+        misfit.message_id: reasons[misfit.message_id],
+    }
+    assert reasons[misfit.message_id].startswith("arguments do not fit run_recharge")
+    # Not run, not retried: one warning each.
+    assert "Traceback" not in output and output.count("broker.message_dead_lettered") == 2
 
 
 def _json(result: subprocess.CompletedProcess[str]) -> Any:
