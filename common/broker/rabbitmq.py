@@ -10,8 +10,13 @@ Redis. The same actors, queues and middleware; what differs is here.
   outbox row sent only after that.
 * **Redelivery** needs no heartbeat or maintenance: RabbitMQ returns a dead consumer's
   unacknowledged messages the moment its connection drops.
-* **Undecodable bytes** on a queue are nacked by dramatiq's consumer and RabbitMQ dead-letters
-  them, raw, into the `.XQ` queue (`dlq list`).
+* **Undecodable bytes** on a queue (not JSON, or JSON that is no dramatiq message) are sifted
+  by `SiftingRabbitmqConsumer` with common/broker/poison.py's reasons: one log line, then a
+  nack, and RabbitMQ dead-letters them, raw, into the `.XQ` queue, where `dlq list` shows them
+  with that reason (recomputed from the bytes). On Redis the usage queue's become rejected
+  usage instead; here the raw bytes never reach an actor. A message naming an actor the
+  worker does not have, or arguments that do not bind, is dead-lettered at once with
+  `options.dead_reason`, as on Redis (not retried, no traceback).
 * Namespaces are vhosts: `CONTACTO_BROKER_NAMESPACE` names Redis keys only; two deployments
   on one RabbitMQ use two vhosts (the URL's path).
 """
@@ -22,17 +27,100 @@ import contextlib
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pika
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
-from dramatiq.common import dq_name, xq_name
+import structlog
+from dramatiq.broker import MessageProxy
+from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer, _RabbitmqMessage
+from dramatiq.common import dq_name, q_name, xq_name
+from dramatiq.errors import ConnectionClosed
+from dramatiq.message import Message
+
+from common.broker.poison import decode_entry, unfit_reason
+
+log = structlog.get_logger(__name__)
 
 QUORUM: dict[str, str] = {"x-queue-type": "quorum"}
 
 
+class SiftingRabbitmqConsumer(_RabbitmqConsumer):
+    """dramatiq's RabbitMQ consumer, sifting as common/broker/poison.py does on Redis: an
+    undecodable body is one warning with its reason (dramatiq logs a traceback per body, which
+    a hostile producer can turn into a flood), decoded once by poison.decode_entry, which also
+    checks the fields dramatiq's decode lets through; a message naming an unknown actor or
+    arguments that do not bind is dead-lettered at once with its reason (`_bury`)."""
+
+    def __next__(self) -> MessageProxy | None:
+        # dramatiq's __next__, but for the decoding.
+        try:
+            method, _properties, body = next(self.iterator)
+            if method is None:
+                return None
+        except (
+            AssertionError,
+            pika.exceptions.AMQPConnectionError,
+            pika.exceptions.AMQPChannelError,
+        ) as exc:
+            if getattr(exc, "reply_code", None) == 404:  # redeclared when the consumer restarts
+                self.broker.queues_pending.add(q_name(self.queue_name))
+            raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
+        message, reason = decode_entry(body)
+        if message is None:
+            log.warning("broker.undecodable", queue=self.queue_name, reason=reason, size=len(body))
+            # Not requeued: the queue's dead-letter routing keeps the bytes as they came.
+            self._nack(method.delivery_tag)  # type: ignore[no-untyped-call]
+            return None
+        # A broker without actors is a tool reading the queue, not a worker: nothing is unfit.
+        actors = self.broker.actors
+        unfit = unfit_reason(message, actors) if actors else None
+        if unfit is not None:
+            self._bury(method.delivery_tag, message, unfit)
+            return None
+        proxy = _RabbitmqMessage(method.redelivered, method.delivery_tag, message)  # type: ignore[no-untyped-call]
+        self.known_tags.add(method.delivery_tag)
+        return proxy
+
+    def _bury(self, tag: int, message: Message[Any], reason: str) -> None:
+        """Dead-letter a message this process cannot run at once, with `options.dead_reason`
+        (as on Redis), instead of dramatiq's traceback per delivery and, for arguments that do
+        not bind, a retry with backoff for nothing.
+
+        A nack cannot add the reason: the copy that carries it is published to the `.XQ` queue
+        on the broker's confirmed channel first, and the delivery acked after. A crash in
+        between leaves one dead letter twice, never none."""
+        dead = message.copy(options={**message.options, "dead_reason": reason})
+        try:
+            self.broker.channel.basic_publish(
+                exchange="",
+                routing_key=xq_name(self.queue_name),
+                body=dead.encode(),
+                properties=pika.BasicProperties(delivery_mode=2),
+                mandatory=True,
+            )
+        except Exception:
+            # Kept all the same, without the reason: the queue's dead-letter routing.
+            log.exception("broker.dead_letter_publish_failed", queue=self.queue_name)
+            self._nack(tag)  # type: ignore[no-untyped-call]
+            return
+        self.connection.add_callback_threadsafe(partial(self.channel.basic_ack, tag))
+        log.warning(
+            "broker.message_dead_lettered",
+            queue=self.queue_name,
+            actor=message.actor_name,
+            message_id=message.message_id,
+            reason=reason,
+        )
+
+
 class QuorumRabbitmqBroker(RabbitmqBroker):
-    """dramatiq's RabbitMQ broker declaring quorum queues, with publisher confirms on."""
+    """dramatiq's RabbitMQ broker declaring quorum queues, with publisher confirms on, and a
+    consumer that sifts what it hands out."""
+
+    @property
+    def consumer_class(self) -> type[SiftingRabbitmqConsumer]:
+        return SiftingRabbitmqConsumer
 
     def __init__(self, *, url: str, dead_message_ttl_ms: int, **kwargs: Any) -> None:
         super().__init__(url=url, confirm_delivery=True, **kwargs)
@@ -65,6 +153,14 @@ class RabbitDeadLetter:
     queue: str
     message: dict[str, Any] | None  # None: the bytes are not a dramatiq message
     raw: bytes
+
+    @property
+    def reason(self) -> str | None:
+        """Why it died: dramatiq's dead_reason, or why the bytes are no message."""
+        if self.message is None:
+            return decode_entry(self.raw)[1]
+        found = self.options.get("dead_reason")
+        return None if found is None else str(found)
 
     @property
     def message_id(self) -> str | None:
@@ -136,11 +232,11 @@ def dead_letters(url: str, queues: Sequence[str], limit: int) -> list[RabbitDead
 
 
 def _decode(body: bytes) -> dict[str, Any] | None:
-    try:
-        message = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    """The message's fields, or None if the bytes are no dramatiq message (poison's test)."""
+    if decode_entry(body)[0] is None:
         return None
-    return message if isinstance(message, dict) else None
+    found: dict[str, Any] = json.loads(body)
+    return found
 
 
 def requeue_dead(

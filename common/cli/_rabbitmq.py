@@ -102,7 +102,7 @@ def _summary(letter: rabbitmq.RabbitDeadLetter) -> dict[str, Any]:
         "actor": letter.actor,
         "retries": letter.options.get("retries", 0),
         "kwargs": message.get("kwargs"),
-        "reason": letter.options.get("dead_reason"),
+        "reason": letter.reason,
         "traceback": letter.options.get("traceback"),
         # Bytes that are not a dramatiq message are shown as they are (cut short).
         "raw": None if letter.message is not None else letter.raw[:2000].decode("utf-8", "replace"),

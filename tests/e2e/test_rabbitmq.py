@@ -3,6 +3,7 @@ its own (RabbitMQ's namespace), queues declared quorum."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -11,9 +12,11 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import dramatiq
 import pika
 import pytest
 
+from common import names
 from common.broker.factory import build_broker
 from common.broker.publish import usage_batch_message, usage_message
 from common.broker.rabbitmq import QuorumRabbitmqBroker
@@ -144,27 +147,64 @@ async def test_undecodable_bytes_are_dead_lettered_raw_and_the_cli_reads_and_req
 
     with processes(env, "balance") as procs:  # the worker declares the queues
         connection = pika.BlockingConnection(pika.URLParameters(f"{AMQP}/{vhost}"))
-        connection.channel().basic_publish(
-            "", "usage", b"\xff not json {", pika.BasicProperties(delivery_mode=2)
-        )
+        channel = connection.channel()
+        # Not JSON, and JSON that is no dramatiq message (as common/broker/poison.py sifts).
+        for body in (b"\xff not json {", b'{"actor_name": "record_usage"}'):
+            channel.basic_publish("", "usage", body, pika.BasicProperties(delivery_mode=2))
         connection.close()
         broker.enqueue(usage_message(event(acct, "1")))
         await until(lambda: balance_and_ledger(conn, acct), lambda b: b[0] == 49, what="debit")
         listed = await until(
             dead_letters,
-            lambda out: out["total"] == 1,
+            lambda out: out["total"] == 2,
             what="the raw bytes dead-lettered",
         )
         assert procs["balance"].alive()
-    assert listed["messages"][0]["raw"].endswith("not json {")
+        output = procs["balance"].output()
+    # Kept as they came, with the reason (the same as on Redis); one log line each, no traceback.
+    by_raw = {m["raw"]: m for m in listed["messages"]}
+    assert by_raw["\ufffd not json {"]["reason"].startswith("not JSON: ")
+    missing = by_raw['{"actor_name": "record_usage"}']["reason"]
+    assert missing.startswith("missing fields: args, kwargs, message_id")
+    assert "Traceback" not in output and output.count("broker.undecodable") == 2
     queues = _json(cli(env, "queues", "--json"))
     assert queues["broker"] == "rabbitmq"
-    assert {q["queue"]: q["dead"] for q in queues["queues"]}["usage"] == 1
+    assert {q["queue"]: q["dead"] for q in queues["queues"]}["usage"] == 2
     # Undecodable bytes cannot go back to work; purge removes them.
     requeued = _json(cli(env, "dlq", "requeue", "--all", "--json"))
-    assert requeued["requeued"] == [] and len(requeued["skipped"]) == 1
+    assert requeued["requeued"] == [] and len(requeued["skipped"]) == 2
     purged = _json(cli(env, "dlq", "purge", "--yes", "--json"))
-    assert purged["purged"]["usage"] == 1
+    assert purged["purged"]["usage"] == 2
+
+
+async def test_messages_the_worker_cannot_run_are_dead_lettered_at_once_with_their_reason(
+    namespace: str, sim_prefix: str, vhost: str
+) -> None:
+    """As on Redis (tests/e2e/test_poison.py): an unknown actor, arguments that do not bind."""
+    env = rabbit_env(namespace, sim_prefix, vhost)
+    broker = build_broker(Settings(BROKER_URL=f"{AMQP}/{vhost}"))
+    msg: dramatiq.Message[Any] = dramatiq.Message(
+        queue_name="charges", actor_name="no_such_actor", args=(), kwargs={}, options={}
+    )
+    with processes(env, "charge") as procs:
+        unknown = broker.enqueue(msg)
+        misfit = broker.enqueue(msg.copy(actor_name=names.ACTOR_RUN_RECHARGE, kwargs={"x": 1}))
+        listed = await until(
+            lambda: asyncio.to_thread(lambda: _json(cli(env, "dlq", "list", "--json"))),
+            lambda out: out["total"] >= 2,
+            timeout_s=30,
+            what="two dead letters",
+        )
+        assert procs["charge"].alive()
+        output = procs["charge"].output()
+    reasons = {m["message_id"]: m["reason"] for m in listed["messages"]}
+    assert reasons == {
+        unknown.message_id: "unknown actor 'no_such_actor'",
+        misfit.message_id: reasons[misfit.message_id],
+    }
+    assert reasons[misfit.message_id].startswith("arguments do not fit run_recharge")
+    # Not run, not retried: one warning each.
+    assert "Traceback" not in output and output.count("broker.message_dead_lettered") == 2
 
 
 def _json(result: subprocess.CompletedProcess[str]) -> Any:

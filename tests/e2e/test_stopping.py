@@ -16,18 +16,18 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-import redis
 
 from common import procfile
 from common.broker.factory import build_broker
 from common.broker.publish import usage_message
-from common.names import acks_prefix, queue_key, queue_msgs_key
+from common.names import QUEUE_USAGE
 from config.settings import Settings
+from tests.support.brokers import settled_counts
 from tests.support.factories import balance_and_ledger, create_account, event, new_id
 from tests.support.procs import Proc, group_members, procfile_process, worker_env
 from tests.support.waiting import until
 
-pytestmark = [pytest.mark.slow, pytest.mark.redis_only]
+pytestmark = [pytest.mark.slow]
 
 # "Within a few seconds": dramatiq's own polling (1 s main loop, 1 s worker and consumer
 # timeouts) takes 2-4 s of this.
@@ -93,19 +93,6 @@ def _no_traceback(output: str) -> None:
     assert at < 0, output[max(0, at - 300) : at + 2000]
 
 
-def _redis_state(namespace: str) -> tuple[int, int]:
-    """(messages still stored for queue usage, ids held in any worker's ack set)."""
-    client = redis.Redis.from_url(Settings().redis_url)
-    try:
-        stored = int(client.hlen(queue_msgs_key(namespace, "usage")))
-        held = sum(int(client.scard(k)) for k in client.scan_iter(f"{acks_prefix(namespace)}*"))
-        ready = int(client.llen(queue_key(namespace, "usage")))
-        assert ready == stored - held
-        return stored, held
-    finally:
-        client.close()
-
-
 async def test_balance_worker_stopped_under_load_commits_or_requeues_every_message(
     conn: Any, namespace: str
 ) -> None:
@@ -134,11 +121,11 @@ async def test_balance_worker_stopped_under_load_commits_or_requeues_every_messa
     assert not left and took < STOP_WITHIN_S, proc.output()[-3000:]
     _no_traceback(proc.output())
     committed = await debited()
-    stored, held = _redis_state(namespace)
+    counts = await settled_counts(namespace, QUEUE_USAGE)
     # Nothing held by the stopped processes: every fetched message was acked or requeued...
-    assert held == 0
+    assert counts.held == 0
     # ...and none lost: what was not committed is still queued.
-    assert committed + stored == total, (committed, stored)
+    assert committed + counts.waiting == total, (committed, counts)
     assert 0 < committed < total
 
     # A new worker finishes the rest, each event once.
