@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -117,6 +119,20 @@ def _no_payment_method(exc: stripe.StripeError) -> ChargeFailed | None:
             message=_safe(message) or "The payment method on file is no longer available.",
         )
     return None
+
+
+@contextmanager
+def _retrieval_errors(missing: str) -> Iterator[None]:
+    """Reading an object by id: an unknown id is CardRejected("resource_missing", missing),
+    any other SDK error is mapped like a charge's (gateway_error)."""
+    try:
+        yield
+    except stripe.InvalidRequestError as exc:
+        if exc.http_status == 404 or _error_code(exc) == "resource_missing":
+            raise CardRejected("resource_missing", missing) from exc
+        raise gateway_error(exc) from exc
+    except stripe.StripeError as exc:
+        raise gateway_error(exc) from exc
 
 
 def _decline(exc: stripe.CardError) -> ChargeFailed:
@@ -268,7 +284,7 @@ class StripeGateway:
     async def setup_intent_card(self, setup_intent_id: str, customer_id: str) -> SetUpCard:
         """The card a confirmed SetupIntent of this customer saved, with its display details.
         A SetupIntent of another customer, or not succeeded, is refused (CardRejected)."""
-        try:
+        with _retrieval_errors("The card was not confirmed."):
             intent = await self._client.v1.setup_intents.retrieve_async(
                 setup_intent_id, options=self._options(None)
             )
@@ -281,12 +297,6 @@ class StripeGateway:
             method = await self._client.v1.payment_methods.retrieve_async(
                 pm_id, options=self._options(None)
             )
-        except stripe.InvalidRequestError as exc:
-            if exc.http_status == 404 or _error_code(exc) == "resource_missing":
-                raise CardRejected("resource_missing", "The card was not confirmed.") from exc
-            raise gateway_error(exc) from exc
-        except stripe.StripeError as exc:
-            raise gateway_error(exc) from exc
         card = method.card
         return SetUpCard(
             payment_method=method.id,
@@ -299,16 +309,10 @@ class StripeGateway:
     async def retrieve_intent(self, payment_intent: str) -> IntentState:
         """A PaymentIntent's state, read now (never from a cached answer). An unknown id raises
         CardRejected("resource_missing"); anything else like any other call."""
-        try:
+        with _retrieval_errors("The payment was not found."):
             intent = await self._client.v1.payment_intents.retrieve_async(
                 payment_intent, options=self._options(None)
             )
-        except stripe.InvalidRequestError as exc:
-            if exc.http_status == 404 or _error_code(exc) == "resource_missing":
-                raise CardRejected("resource_missing", "The payment was not found.") from exc
-            raise gateway_error(exc) from exc
-        except stripe.StripeError as exc:
-            raise gateway_error(exc) from exc
         pm = getattr(intent, "payment_method", None)  # localstripe omits it once refused
         pm_id = pm if isinstance(pm, str) or pm is None else pm.id
         assert intent.client_secret is not None
