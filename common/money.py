@@ -53,7 +53,8 @@ def parse_amount(value: object, *, field: str = "amount") -> Decimal:
             raise MoneyError(f"{field} is empty")
         if value.strip().lower().lstrip("+-") in {"nan", "snan", "inf", "infinity"}:
             raise MoneyError(f"{field} must be a finite number, got {value!r}")
-        if value.startswith("-"):
+        if value.startswith("-") and _AMOUNT_RE.fullmatch(value[1:]):
+            # A negative number; "-abc" is no number at all, and is told so below.
             raise MoneyError(f"{field} must be positive, got {value!r}")
         raise MoneyError(
             f"{field} must look like 12.345678 (digits, optional point), got {value!r}"

@@ -64,6 +64,8 @@ LOOK_LIKE = "amount must look like 12.345678 (digits, optional point), got "
         ("00", "amount must be greater than zero"),
         ("-1", "amount must be positive, got '-1'"),
         ("-0.5", "amount must be positive, got '-0.5'"),
+        ("-abc", LOOK_LIKE + "'-abc'"),  # no number at all, whatever its sign
+        ("-1e3", LOOK_LIKE + "'-1e3'"),
         ("+1", LOOK_LIKE + "'+1'"),
         ("1.0000001", "amount has more than 6 decimal places: '1.0000001'"),
         ("0.0000001", "amount has more than 6 decimal places: '0.0000001'"),
