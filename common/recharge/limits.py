@@ -8,7 +8,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from common.gateway.currencies import charge_refusal
-from common.money import MoneyError, check_fits_minor_unit, format_amount
+from common.money import MoneyError, check_fits_minor_unit, format_amount, minor_units
 
 
 class LimitError(ValueError):
@@ -17,6 +17,15 @@ class LimitError(ValueError):
 
 def effective_max(global_max: Decimal, account_max: Decimal | None) -> Decimal:
     return account_max if account_max is not None else global_max
+
+
+def _shown(amount: Decimal, currency: str) -> str:
+    """The amount as the customer counts it: in the currency's own decimals where it has fewer
+    than two and the amount fits them (25 JPY, not 25.00); else format_amount's."""
+    unit = Decimal(1).scaleb(-minor_units(currency))
+    if minor_units(currency) < 2 and amount == amount.quantize(unit):
+        return format(amount.quantize(unit), "f")
+    return format_amount(amount)
 
 
 def recharge_refusal(
@@ -30,14 +39,14 @@ def recharge_refusal(
     """Why `amount` cannot be recharged as things stand, or None when it can."""
     if amount < minimum:
         return (
-            f"recharge amount {format_amount(amount)} {currency} is below the minimum of "
-            f"{format_amount(minimum)}"
+            f"recharge amount {_shown(amount, currency)} {currency} is below the minimum of "
+            f"{_shown(minimum, currency)}"
         )
     maximum = effective_max(global_max, account_max)
     if amount > maximum:
         return (
-            f"recharge amount {format_amount(amount)} {currency} is above the maximum of "
-            f"{format_amount(maximum)}; support can raise it for this account"
+            f"recharge amount {_shown(amount, currency)} {currency} is above the maximum of "
+            f"{_shown(maximum, currency)}; support can raise it for this account"
         )
     try:
         check_fits_minor_unit(amount, currency)

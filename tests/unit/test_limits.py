@@ -111,7 +111,7 @@ def test_amounts_within_the_limits_are_accepted(
             "19",
             "JPY",
             None,
-            "recharge amount 19.00 JPY is below the minimum of 20.00",
+            "recharge amount 19 JPY is below the minimum of 20",  # yen have no decimals
         ),
         (
             "500.01",
@@ -124,6 +124,18 @@ def test_amounts_within_the_limits_are_accepted(
             "USD",
             None,
             f"recharge amount 600.00 USD is above the maximum of 500.00; {ABOVE}",
+        ),
+        (
+            "501",
+            "JPY",
+            None,
+            f"recharge amount 501 JPY is above the maximum of 500; {ABOVE}",
+        ),
+        (
+            "19.5",
+            "JPY",
+            None,  # not a whole yen: shown as given, and refused for the minimum first
+            "recharge amount 19.50 JPY is below the minimum of 20",
         ),
         (
             "1000.01",
