@@ -11,7 +11,11 @@ from dramatiq.brokers.redis import RedisBroker
 
 from common.broker.factory import build_redis_broker
 from config.settings import Settings
-from tests.support.stripe_double import double, localstripe  # noqa: F401  (fixtures)
+from tests.support.stripe_double import (  # noqa: F401  (fixtures)
+    double,
+    localstripe,
+    localstripe_gateway,
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -48,10 +48,8 @@ web = pytest.importorskip("aiohttp.web", reason="aiohttp (a localstripe dependen
 
 
 @pytest.fixture
-async def gateway(localstripe: Localstripe) -> AsyncIterator[StripeGateway]:
-    gw = StripeGateway(localstripe.api_key, localstripe.api_base, timeout_s=10)
-    yield gw
-    await gw.close()
+def gateway(localstripe_gateway: StripeGateway) -> StripeGateway:
+    return localstripe_gateway
 
 
 @pytest.fixture

@@ -43,6 +43,7 @@ from urllib.parse import parse_qsl
 import pytest
 from aiohttp import ClientSession, ClientTimeout, web
 
+from common.gateway.stripe_gateway import StripeGateway
 from tests.support.localstripe import (
     Localstripe,
     LocalstripeUnavailable,
@@ -467,6 +468,15 @@ def localstripe() -> Iterator[Localstripe]:
             yield server
     except LocalstripeUnavailable as exc:
         pytest.skip(str(exc))
+
+
+@pytest.fixture
+async def localstripe_gateway(localstripe: Localstripe) -> AsyncIterator[StripeGateway]:
+    """Our Stripe gateway talking to localstripe directly (no double): for tests where Stripe's
+    idempotency and list filters do not matter."""
+    gw = StripeGateway(localstripe.api_key, localstripe.api_base, timeout_s=10)
+    yield gw
+    await gw.close()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ part: begin, the browser's part played as localstripe's Stripe.js double plays i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -43,10 +42,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationW
 
 
 @pytest.fixture
-async def gateway(localstripe: Localstripe) -> AsyncIterator[StripeGateway]:
-    gw = StripeGateway(localstripe.api_key, localstripe.api_base, timeout_s=10)
-    yield gw
-    await gw.close()
+def gateway(localstripe_gateway: StripeGateway) -> StripeGateway:
+    return localstripe_gateway
 
 
 async def awaiting_customer(engine: Any, conn: Any, gateway: StripeGateway, ls: Localstripe) -> str:

@@ -5,7 +5,6 @@ another account's customer is refused."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -22,10 +21,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationW
 
 
 @pytest.fixture
-async def gateway(localstripe: Localstripe) -> AsyncIterator[StripeGateway]:
-    gw = StripeGateway(localstripe.api_key, localstripe.api_base, timeout_s=10)
-    yield gw
-    await gw.close()
+def gateway(localstripe_gateway: StripeGateway) -> StripeGateway:
+    return localstripe_gateway
 
 
 async def confirm_in_browser(ls: Localstripe, client_secret: str, number: str) -> str:
