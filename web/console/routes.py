@@ -519,21 +519,37 @@ async def card_setup(request: Request) -> Response:
     """PAYMENT_GATEWAY=stripe: a SetupIntent's client secret for Stripe.js (posted by the
     page's script, the CSRF token in a header)."""
     res = resources(request)
-    session = await _page(request)
-    if not csrf_ok(session.csrf, request.headers.get(CSRF_HEADER)):
-        raise CsrfRefused
-    gateway = res.gateway()
-    if not isinstance(gateway, StripeGateway):
-        return JSONResponse({"error": "card setup needs PAYMENT_GATEWAY=stripe"}, status_code=409)
+    call = await _stripe_script_call(request, "card setup")
+    if isinstance(call, Response):
+        return call
+    session, gateway = call
     try:
         async with res.connection() as conn:
             secret = await start_card_setup(conn, gateway, _account(session))
     except GatewayError:
         log.warning("console.card_setup_failed", account_id=_account(session))
-        return JSONResponse(
-            {"error": "Our payment processor did not answer. Please try again."}, status_code=502
-        )
+        return _processor_down_json()
     return JSONResponse({"client_secret": secret})
+
+
+async def _stripe_script_call(
+    request: Request, step: str
+) -> tuple[Session, StripeGateway] | Response:
+    """A JSON call from the page's Stripe.js script: the signed-in session (the CSRF token in
+    a header) and the Stripe gateway; a 409 answer when the gateway is not Stripe."""
+    session = await _page(request)
+    if not csrf_ok(session.csrf, request.headers.get(CSRF_HEADER)):
+        raise CsrfRefused
+    gateway = resources(request).gateway()
+    if not isinstance(gateway, StripeGateway):
+        return JSONResponse({"error": f"{step} needs PAYMENT_GATEWAY=stripe"}, status_code=409)
+    return session, gateway
+
+
+def _processor_down_json() -> Response:
+    return JSONResponse(
+        {"error": "Our payment processor did not answer. Please try again."}, status_code=502
+    )
 
 
 @router.post("/billing/card/confirmed")
@@ -644,21 +660,17 @@ async def authenticate_start(request: Request) -> Response:
     confirmCardPayment (posted by the page's script, the CSRF token in a header). The
     confirmation is recorded before the secret is answered (the sweep's way forward)."""
     res = resources(request)
-    session = await _page(request)
-    if not csrf_ok(session.csrf, request.headers.get(CSRF_HEADER)):
-        raise CsrfRefused
-    gateway = res.gateway()
-    if not isinstance(gateway, StripeGateway):
-        return JSONResponse({"error": "this step needs PAYMENT_GATEWAY=stripe"}, status_code=409)
+    call = await _stripe_script_call(request, "this step")
+    if isinstance(call, Response):
+        return call
+    session, gateway = call
     account_id = _account(session)
     try:
         async with res.connection() as conn:
             begun = await begin_authentication(conn, gateway, account_id)
     except GatewayError:
         log.warning("console.authentication_start_failed", account_id=account_id)
-        return JSONResponse(
-            {"error": "Our payment processor did not answer. Please try again."}, status_code=502
-        )
+        return _processor_down_json()
     if isinstance(begun, Refused):
         return JSONResponse({"error": REFUSED_TEXT[begun.reason]}, status_code=409)
     if isinstance(begun, ReadyToSettle):
