@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -143,7 +144,7 @@ def produce(broker: Any, rate: int, seconds: float, accounts: int, tag: str) -> 
     return total, behind * 1000
 
 
-async def setup(url: str, settings: Any, accounts: int, crossing: int) -> None:
+async def setup(url: str, settings: Any, accounts: int, crossing: int, rounds: int) -> None:
     from common.accounts.support import create_account, credit_account
     from common.gateway.factory import build_gateway
     from common.recharge.settings import attach_card, set_auto_recharge
@@ -154,7 +155,7 @@ async def setup(url: str, settings: Any, accounts: int, crossing: int) -> None:
         ids = [f"lat-{i}" for i in range(accounts)]
         await open_accounts(conn, ids)
         gateway = build_gateway(settings, client)
-        for i in range(crossing * len(CROSSINGS)):
+        for i in range(crossing * rounds):
             acct = f"cross-{i}"
             await create_account(conn, acct, "USD")
             await credit_account(conn, acct, T + Decimal("0.01"), "bench opening")
@@ -255,7 +256,11 @@ async def run(args: argparse.Namespace) -> int:
     crossings: list[tuple[str, list[float], list[asyncpg.Record], dict[str, float]]] = []
     try:
         await database.create(None)
-        await setup(database.url, settings, args.accounts, args.crossing)
+        labels = [CROSSINGS[0]] + [
+            CROSSINGS[1] + (f" {n + 1}" if args.warm_rounds > 1 else "")
+            for n in range(args.warm_rounds)
+        ]
+        await setup(database.url, settings, args.accounts, args.crossing, len(labels))
         lines = procfile.read(REPO / "Procfile")
         started = []
         for name in PROCESSES:
@@ -288,7 +293,7 @@ async def run(args: argparse.Namespace) -> int:
             )
             windows.append(Window(rate, sent, p50, p90, p99, top, behind_ms))
             say(f"  {rate}/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms, producer late {behind_ms:.0f} ms")
-        for n, label in enumerate(CROSSINGS):
+        for n, label in enumerate(labels):
             if args.crossing:
                 first = n * args.crossing
                 found = await crossing(conn, broker, range(first, first + args.crossing), suffix)
@@ -321,6 +326,10 @@ async def run(args: argparse.Namespace) -> int:
             print(f"  {row['stage']:<47} min {row['least']:>5.0f} ms  p50 {row['p50']:>5.0f} ms  "
                   f"p99 {row['p99']:>5.0f} ms")  # fmt: skip
         print("  CPU ms while it ran: " + ", ".join(f"{k} {v:.0f}" for k, v in spent.items()))
+    warm_p99s = sorted(ms[2] for _, ms, _, _ in crossings[1:])
+    if len(warm_p99s) > 1:
+        print(f"warm crossings: p99 median {statistics.median(warm_p99s):.0f} ms over "
+              f"{len(warm_p99s)} rounds (least {warm_p99s[0]:.0f}, most {warm_p99s[-1]:.0f})")  # fmt: skip
     return 0
 
 
@@ -332,6 +341,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=15.0, help="per rate")
     parser.add_argument("--accounts", type=int, default=200)
     parser.add_argument("--crossing", type=int, default=40)
+    parser.add_argument(
+        "--warm-rounds", type=int, default=1, help="warm crossings, each on fresh accounts"
+    )
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     args = parser.parse_args()
     args.pg = os.environ.get("CONTACTO_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +22,7 @@ import structlog
 from redis import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from common.broker.enqueue_many import enqueue_many
 from common.crashpoints import crash_point
 from common.db.engine import raw_connection
 from common.names import DEST_QUEUE
@@ -42,31 +44,41 @@ class Publisher:
     stream: str
     stream_maxlen: int
 
-    def publish(self, row: asyncpg.Record) -> None:
-        payload = json.loads(row["payload"])
-        if row["destination"] == DEST_QUEUE:
-            delay_ms = max(0, int((row["deliver_at"] - row["db_now"]).total_seconds() * 1000))
-            message: dramatiq.Message[Any] = dramatiq.Message(
-                queue_name=row["target"],
-                actor_name=row["actor_name"],
-                args=(),
-                kwargs=payload,
-                options={},
-                message_id=message_id_for(row["id"]),
-            )
-            self.broker.enqueue(message, delay=delay_ms or None)
-        else:
-            self.redis.xadd(
-                self.stream,
-                {
-                    "type": row["target"],
-                    "data": row["payload"],
-                    "outbox_id": str(row["id"]),
-                    "created_at": datetime.now(UTC).isoformat(),
-                },
-                maxlen=self.stream_maxlen,
-                approximate=True,
-            )
+    def publish_all(self, rows: Sequence[asyncpg.Record]) -> None:
+        """Every row, in order within each destination: the messages in one pipelined call
+        (common/broker/enqueue_many.py), the stream entries in another."""
+        messages = [_message(row) for row in rows if row["destination"] == DEST_QUEUE]
+        if messages:
+            enqueue_many(self.broker, messages)
+        entries = [row for row in rows if row["destination"] != DEST_QUEUE]
+        if entries:
+            pipe = self.redis.pipeline(transaction=False)
+            for row in entries:
+                pipe.xadd(
+                    self.stream,
+                    {
+                        "type": row["target"],
+                        "data": row["payload"],
+                        "outbox_id": str(row["id"]),
+                        "created_at": datetime.now(UTC).isoformat(),
+                    },
+                    maxlen=self.stream_maxlen,
+                    approximate=True,
+                )
+            pipe.execute()
+
+
+def _message(row: asyncpg.Record) -> tuple[dramatiq.Message[Any], int | None]:
+    delay_ms = max(0, int((row["deliver_at"] - row["db_now"]).total_seconds() * 1000))
+    message: dramatiq.Message[Any] = dramatiq.Message(
+        queue_name=row["target"],
+        actor_name=row["actor_name"],
+        args=(),
+        kwargs=json.loads(row["payload"]),
+        options={},
+        message_id=message_id_for(row["id"]),
+    )
+    return message, delay_ms or None
 
 
 async def drain_once(engine: AsyncEngine, publisher: Publisher, batch_size: int) -> int:
@@ -77,16 +89,11 @@ async def drain_once(engine: AsyncEngine, publisher: Publisher, batch_size: int)
             return 0
         crash_point("relay.before_publish")
         # The Redis calls are blocking; a thread keeps this loop's LISTEN connection alive.
-        await asyncio.to_thread(_publish_all, publisher, rows)
+        await asyncio.to_thread(publisher.publish_all, rows)
         crash_point("relay.after_publish")
         await conn.execute(store.MARK_SENT, [r["id"] for r in rows])
     log.info("outbox.published", rows=len(rows), first_id=rows[0]["id"], last_id=rows[-1]["id"])
     return len(rows)
-
-
-def _publish_all(publisher: Publisher, rows: list[asyncpg.Record]) -> None:
-    for row in rows:
-        publisher.publish(row)
 
 
 async def prune_sent(engine: AsyncEngine, keep_days: int = 7) -> str:

@@ -10,7 +10,7 @@ import asyncpg
 from common.accounts.store import AccountError, require_account
 from common.recharge import store
 from common.recharge.limits import check_recharge_amount
-from common.recharge.runs import start_run
+from common.recharge.runs import RunStart, start_run
 from config.settings import Settings
 
 FINAL_RUN_STATES: Final = ("succeeded", "failed", "capped")
@@ -35,14 +35,16 @@ async def request_manual_recharge(
             )
         run_id = await start_run(
             conn,
-            account_id=account_id,
-            kind="manual",
-            trigger="manual",
-            tier=account["retry_tier"],
-            target_amount=None,
-            recharge_amount=amount,
-            mode="repeat",
-            max_charges=1,
+            RunStart(
+                account_id=account_id,
+                kind="manual",
+                trigger="manual",
+                tier=account["retry_tier"],
+                target_amount=None,
+                recharge_amount=amount,
+                mode="repeat",
+                max_charges=1,
+            ),
         )
         if run_id is None:
             raise AccountError(

@@ -26,7 +26,7 @@ from common.names import EVENT_BALANCE_LOW
 from common.outbox.store import emit_event
 from common.recharge.config import PolicyConfig
 from common.recharge.policy import StartRecharge, decide_recharge
-from common.recharge.runs import start_auto_run
+from common.recharge.runs import RunStart, auto_start, start_runs
 from common.usage.decode import Incoming, Rejection
 from common.usage.rejected import store_rejections
 
@@ -204,6 +204,7 @@ async def _debit(
                 f"balance drift on {account_id}: {accounts[account_id]['new_balance']}"
             )
 
+    starts: list[RunStart] = []
     for account_id in moved:
         account = accounts[account_id]
         await _announce_low_balance(conn, account, balances[account_id])
@@ -212,11 +213,13 @@ async def _debit(
             now=account["db_now"],
             retry_min_interval=config.retry_min_interval,
         )
-        run_id = None
         if isinstance(decision, StartRecharge):
-            run_id = await start_auto_run(conn, account, decision, config)
-            if run_id is not None:
-                result.runs_started[account_id] = run_id
+            starts.append(auto_start(account, decision, config))
+    # All of the group's runs in two statements: forty accounts crossing T together are
+    # published as soon as this commits, not after 120 round trips.
+    result.runs_started.update(await start_runs(conn, starts))
+    for account_id in moved:
+        account = accounts[account_id]
         if balances[account_id] <= 0 and account["status"] == "active":
             # Prepaid: with auto-recharge off and nothing in flight, the debit that takes the
             # balance to 0 or below suspends the account (the call itself is still recorded).
@@ -224,7 +227,8 @@ async def _debit(
                 conn,
                 account,
                 balance=balances[account_id],
-                auto_run_in_flight=account["auto_run_in_flight"] or run_id is not None,
+                auto_run_in_flight=account["auto_run_in_flight"]
+                or account_id in result.runs_started,
             )
 
 

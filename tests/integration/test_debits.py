@@ -168,6 +168,52 @@ async def test_falling_below_t_starts_one_run_with_its_outbox_message(
     assert [(o["target"], o["actor_name"]) for o in outbox] == [("charges", "run_recharge")]
 
 
+async def test_accounts_crossing_t_together_each_get_their_run_and_message(
+    engine: Any, conn: Any
+) -> None:
+    """One group commit, several crossings: every run and its message are written together
+    (start_runs), and an account whose run the index refuses gets none, the others theirs."""
+    crossing = [new_id() for _ in range(5)]
+    taken = new_id()
+    for acct in [*crossing, taken]:
+        await create_account(conn, acct, balance="100", threshold="100", recharge="20")
+    # A run in flight the account row does not know of: only the unique index stops a second.
+    held = await conn.fetchval(
+        "INSERT INTO recharge_runs (account_id, kind, trigger, tier, recharge_amount, "
+        "max_charges) VALUES ($1, 'auto', 'threshold', 0, 20, 10) RETURNING id",
+        taken,
+    )
+    subs = [submission(event(acct, "1")) for acct in [*crossing, taken]]
+    outcomes = await apply_submissions(engine, POLICY, subs)
+    started = {a: r for o in outcomes for a, r in o.runs_started.items()}
+    assert sorted(started) == sorted(crossing)
+    rows = await conn.fetch(
+        "SELECT a.id, a.auto_run_id, r.id AS run_id, r.tier, r.trigger, r.target_amount, "
+        "r.recharge_amount, r.mode, r.max_charges, "
+        "(SELECT count(*) FROM outbox o WHERE o.actor_name = 'run_recharge' "
+        " AND o.payload = json_build_object('run_id', r.id)::jsonb::text) AS messages "
+        "FROM accounts a JOIN recharge_runs r ON r.account_id = a.id WHERE a.id = ANY($1)",
+        [*crossing, taken],
+    )
+    by_account = {r["id"]: r for r in rows}
+    for acct in crossing:
+        row = by_account[acct]
+        assert row["run_id"] == started[acct] == row["auto_run_id"]
+        assert (row["tier"], row["trigger"], row["target_amount"], row["recharge_amount"]) == (
+            0,
+            "threshold",
+            100,
+            20,
+        )
+        assert (row["mode"], row["max_charges"], row["messages"]) == (
+            "repeat",
+            POLICY.run_max_charges,
+            1,
+        )
+    assert (by_account[taken]["run_id"], by_account[taken]["auto_run_id"]) == (held, None)
+    assert by_account[taken]["messages"] == 0
+
+
 async def test_at_t_exactly_nothing_starts(engine: Any, conn: Any) -> None:
     acct = new_id()
     await create_account(conn, acct, balance="101", threshold="100", recharge="20")

@@ -35,7 +35,7 @@ from common.recharge.charging import RunState, run_to_completion
 from common.recharge.ladder import AlreadyHandled, Held, RunStarted, recheck_tier
 from common.recharge.ladder import record_failure as count_failure
 from common.recharge.reconcile import ReconcileConfig, ReconcilePass, reconcile_once
-from common.recharge.runs import start_run
+from common.recharge.runs import RunStart, start_run
 from config.settings import Settings
 from tests.support.databases import fresh_database
 from tests.support.factories import create_account, new_id
@@ -97,14 +97,16 @@ async def lost_run(
     async with conn.transaction():
         run_id = await start_run(
             conn,
-            account_id=acct,
-            kind="auto",
-            trigger="threshold",
-            tier=0,
-            target_amount=None,
-            recharge_amount=Decimal(50),
-            mode="repeat",
-            max_charges=10,
+            RunStart(
+                account_id=acct,
+                kind="auto",
+                trigger="threshold",
+                tier=0,
+                target_amount=None,
+                recharge_amount=Decimal(50),
+                mode="repeat",
+                max_charges=10,
+            ),
         )
     assert run_id is not None
     if state == "failing":
