@@ -13,7 +13,7 @@ from typing import Any, Final, Literal
 import asyncpg
 
 from common.accounts.status import reactivate
-from common.accounts.store import CREDIT, REARM_LOW_BALANCE_ALERT
+from common.accounts.store import CREDIT
 from common.recharge.policy import AccountStatus, should_reactivate
 
 CreditKind = Literal["recharge", "credit"]
@@ -36,6 +36,9 @@ def charge_reference_sql(charge_id_column: str) -> str:
 class Credited:
     balance: Decimal
     status: AccountStatus  # after the credit: a balance above 0 reactivates
+    # The locked account row as the credit left it, None when the credit changed it further
+    # (a reactivation): then whoever needs it reads it again.
+    account_after: asyncpg.Record | None
 
 
 async def apply_credit(
@@ -48,16 +51,14 @@ async def apply_credit(
     memo: str | None,
     charge_id: int | None = None,
 ) -> Credited | None:
-    """Credit a locked account once per (kind, reference); reactivate it if it comes back above
-    zero. None when that reference was already credited."""
-    balance: Decimal | None = await conn.fetchval(
-        CREDIT, account["id"], amount, kind, reference, memo
-    )
-    if balance is None:
+    """Credit a locked account once per (kind, reference), re-arm its low-balance alert when the
+    credit takes it back above the level, reactivate it if it comes back above zero. None when
+    that reference was already credited."""
+    after = await conn.fetchrow(CREDIT, account["id"], amount, kind, reference, memo)
+    if after is None:
         return None
-    # Back at or above the low-balance alert level: the next fall below it is announced again.
-    await conn.execute(REARM_LOW_BALANCE_ALERT, account["id"])
+    balance: Decimal = after["balance"]
     if should_reactivate(account["status"], balance):
         await reactivate(conn, account["id"], balance=balance, charge_id=charge_id)
-        return Credited(balance, "active")
-    return Credited(balance, account["status"])
+        return Credited(balance, "active", None)
+    return Credited(balance, account["status"], after)

@@ -175,13 +175,9 @@ WHERE id = $1 AND low_balance_alert IS NOT NULL AND NOT low_balance_alerted
       AND balance < low_balance_alert
 RETURNING low_balance_alert, balance
 """
+
+
 # A credit's half: back at or above the level, the next fall below it is a new crossing.
-REARM_LOW_BALANCE_ALERT = """
-UPDATE accounts SET low_balance_alerted = false
-WHERE id = $1 AND low_balance_alerted AND balance >= low_balance_alert
-"""
-
-
 async def insert_account(conn: asyncpg.Connection[Any], account_id: str, currency: str) -> bool:
     """False when the id is taken."""
     status: str = await conn.execute(_INSERT_ACCOUNT, account_id, currency)
@@ -277,14 +273,22 @@ FROM account_history WHERE account_id = $1 ORDER BY id
 
 
 # A credit: the ledger row (once per (kind, reference)) and the balance it moves, in one statement.
-CREDIT = """
+# The credit, and the account row after it (RETURNING sees the new values): the caller decides
+# on it without reading the row again.
+# Back at or above the low-balance alert level, the alert is re-armed in the same statement: the
+# next fall below it is announced again.
+CREDIT = f"""
 WITH entry AS (
     INSERT INTO ledger_entries (account_id, amount, balance_after, kind, reference, memo)
     SELECT $1, $2, a.balance + $2, $3, $4, $5 FROM accounts a WHERE a.id = $1
     ON CONFLICT (kind, reference) DO NOTHING
     RETURNING amount
 )
-UPDATE accounts SET balance = balance + entry.amount, updated_at = now()
-FROM entry WHERE accounts.id = $1
-RETURNING balance
+UPDATE accounts a
+SET balance = a.balance + entry.amount,
+    low_balance_alerted = a.low_balance_alerted
+        AND NOT coalesce(a.balance + entry.amount >= a.low_balance_alert, false),
+    updated_at = now()
+FROM entry WHERE a.id = $1
+RETURNING {ACCOUNT_COLUMNS}, now() AS db_now
 """

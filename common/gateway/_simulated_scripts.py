@@ -4,13 +4,25 @@ from __future__ import annotations
 
 from typing import Final
 
-# Record-once happens inside Redis: either the key already has a result, or we take the
-# in-progress marker, or someone else holds it (Stripe's 409 idempotency_key_in_use).
+# One round trip before any work: take the next injected fault (KEYS[1]); a fault that
+# stands for a failed request ends it there. Then record-once: either the key already has a
+# result (KEYS[2]), or we take the in-progress marker (KEYS[3]), or someone else holds it
+# (Stripe's 409 idempotency_key_in_use). A detached card (ARGV[3] in the set KEYS[4]) is
+# refused before anything executes: the marker is dropped again and nothing is recorded.
+# Returns {state, stored record or '', fault or ''}.
 BEGIN: Final = """
-local rec = redis.call('GET', KEYS[1])
-if rec then return {'done', rec} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'acquired', ''} end
-return {'busy', ''}
+local fault = redis.call('LPOP', KEYS[1]) or ''
+if fault ~= '' and fault ~= 'none' and fault ~= 'lost_response' and fault ~= 'decline' then
+  return {'fault', '', fault}
+end
+local rec = redis.call('GET', KEYS[2])
+if rec then return {'done', rec, fault} end
+if not redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'busy', '', fault} end
+if redis.call('SISMEMBER', KEYS[4], ARGV[3]) == 1 then
+  redis.call('DEL', KEYS[3])
+  return {'detached', '', fault}
+end
+return {'acquired', '', fault}
 """
 
 # The marker may have expired while we worked (a stalled process): whoever commits first wins

@@ -208,39 +208,44 @@ class SimulatedGateway:
             raise TransientGatewayError(f"simulated gateway unreachable: {exc}") from exc
 
     async def _charge(self, request: ChargeRequest) -> ChargeResult:
-        fault = await self._redis.lpop(self._key("faults"))
-        fault_name = _text(fault) if fault is not None else None
-        _transient_fault(fault_name)
-        if fault_name == "none":
-            fault_name = None
-        if fault_name not in (None, "lost_response", "decline"):
-            raise GatewayConfigError(f"unknown simulated fault {fault_name!r}")
-
         fingerprint = self._fingerprint(request)
-        record_key = self._key("idem", request.idempotency_key)
         lock_key = self._key("lock", request.idempotency_key)
         token = uuid.uuid4().hex
-        state, stored = await self._begin(
-            keys=[record_key, lock_key], args=[token, self._lock_ttl_ms]
-        )
-        state = _text(state)
-        if state == "busy":
-            raise TransientGatewayError("idempotency_key_in_use")
-        if state == "done":
-            result = self._replay(_text(stored), fingerprint)
-        else:
-            try:
-                if await self._is_detached(request):
-                    # Stripe refuses the request (400) before anything executes, so nothing is
-                    # recorded: the key stays free, and find_charge() finds nothing.
-                    await self._release(keys=[lock_key], args=[token])
-                    result = ChargeFailed(code=NO_PAYMENT_METHOD, message=DETACHED_MESSAGE)
-                else:
-                    result = await self._execute(request, fingerprint, token, fault_name)
-            except BaseException:
-                # Nothing was committed (e.g. cancelled): let a retry in without waiting.
-                await self._release(keys=[lock_key], args=[token])
-                raise
+        try:
+            state, stored, fault = await self._begin(
+                keys=[
+                    self._key("faults"),
+                    self._key("idem", request.idempotency_key),
+                    lock_key,
+                    self._key("detached"),
+                ],
+                args=[
+                    token,
+                    self._lock_ttl_ms,
+                    _detached_member(request.customer_id, request.payment_method),
+                ],
+            )
+            state, fault_name = _text(state), _text(fault) or None
+            if state == "fault":
+                _transient_fault(fault_name)
+                raise GatewayConfigError(f"unknown simulated fault {fault_name!r}")
+            if fault_name == "none":
+                fault_name = None
+            if state == "busy":
+                raise TransientGatewayError("idempotency_key_in_use")
+            if state == "done":
+                result = self._replay(_text(stored), fingerprint)
+            elif state == "detached":
+                # Stripe refuses the request (400) before anything executes, so nothing is
+                # recorded: the key stays free, and find_charge() finds nothing.
+                result = ChargeFailed(code=NO_PAYMENT_METHOD, message=DETACHED_MESSAGE)
+            else:
+                result = await self._execute(request, fingerprint, token, fault_name)
+        except BaseException:
+            # Nothing was committed (e.g. cancelled, even while the script's answer was on its
+            # way): let a retry in without waiting. Only our own marker is ever dropped.
+            await self._release(keys=[lock_key], args=[token])
+            raise
         if fault_name == "lost_response":
             raise TransientGatewayError("simulated lost response: the charge was processed")
         return result
@@ -338,10 +343,6 @@ class SimulatedGateway:
             request.description,
         ]
         return hashlib.sha256(json.dumps(params).encode()).hexdigest()
-
-    async def _is_detached(self, request: ChargeRequest) -> bool:
-        member = _detached_member(request.customer_id, request.payment_method)
-        return bool(await self._redis.sismember(self._key("detached"), member))
 
     async def find_charge(self, request: ChargeRequest) -> ChargeResult | None:
         try:

@@ -297,7 +297,7 @@ async def _credit(
             intent.payment_method or charge["payment_method"],
             intent.id,
         )
-        balance = await credit_success(
+        credited = await credit_success(
             conn,
             account,
             run,
@@ -306,6 +306,7 @@ async def _credit(
             currency=charge["currency"],
             idempotency_key=key,
         )
+        balance = credited.balance
         await conn.execute(
             store.SETTLE_AUTHENTICATION, charge["id"], Outcome.SUCCEEDED, new_charge_id
         )

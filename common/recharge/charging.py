@@ -17,7 +17,7 @@ Lock order everywhere: account row, then run row, then charge row.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -27,7 +27,7 @@ import asyncpg
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from common.accounts.ledger import apply_credit, charge_reference
+from common.accounts.ledger import Credited, apply_credit, charge_reference
 from common.accounts.status import CAUSE_RESET, enforce_prepaid, set_tier
 from common.accounts.store import lock_account
 from common.crashpoints import crash_point
@@ -144,11 +144,13 @@ async def _advance(
     if run["state"] != RunState.PENDING:
         return RunFinished(RunState(run["state"]))  # a duplicate, or finished meanwhile
     if may_have_pending:
-        pending = await conn.fetchrow(store.RESUME_PENDING_CHARGE, run_id)
-        if pending is not None:
-            return _pending(pending, account)
-    stats = await conn.fetchrow(store.RUN_CHARGE_STATS, run_id)
-    assert stats is not None
+        stats = await conn.fetchrow(store.RESUME_PENDING_CHARGE, run_id)
+        assert stats is not None
+        if stats["id"] is not None:
+            return _pending(stats, account)
+    else:
+        stats = await conn.fetchrow(store.RUN_CHARGE_STATS, run_id)
+        assert stats is not None
     step = _decide(run, account, stats["succeeded"], limits)
     if isinstance(step, RunDone | RunCapped):
         return await _finish(conn, run, account, step, stats["succeeded"])
@@ -282,35 +284,38 @@ async def record_and_advance(
     charge worker's time per run is mostly statements, and forty accounts crossing their
     threshold at once queue behind it (docs/performance.md, "Latency")."""
     async with conn.transaction():
-        outcome, run = await _record(conn, charge, result)
+        outcome, run, credited = await _record(conn, charge, result)
         if outcome is ChargeRecorded.FAILED:
             return Recorded(outcome, RunFinished(RunState.FAILING))
         if outcome is not ChargeRecorded.SUCCEEDED or run is None:
             return Recorded(outcome, None)
-        # The credit changed the account (balance, tier): decide on the row as it is now. The
-        # run's row is unchanged since it was locked.
-        account = await lock_account(conn, charge.account_id)
-        assert account is not None
+        # The credit changed the account (balance, maybe its tier or status): decide on the row
+        # as it is now. The run's row is unchanged since it was locked.
+        account = credited.account_after if credited is not None else None
+        if account is None:
+            account = await lock_account(conn, charge.account_id)
+            assert account is not None
         step = await _advance(conn, account, run, limits, may_have_pending=False)
         return Recorded(outcome, step)
 
 
 async def _record(
     conn: asyncpg.Connection[Any], charge: PendingCharge, result: ChargeResult
-) -> tuple[ChargeRecorded, asyncpg.Record | None]:
-    """Apply the gateway's answer once, inside the caller's transaction; with the locked run."""
+) -> tuple[ChargeRecorded, asyncpg.Record | None, Credited | None]:
+    """Apply the gateway's answer once, inside the caller's transaction; with the locked run
+    and, after a success, the credit."""
     account, run = await store.lock_run(conn, charge.run_id, account_id=charge.account_id)
     assert account is not None and run is not None
-    if await conn.fetchval(store.LOCK_CHARGE_STATUS, charge.charge_id) != "pending":
-        return ChargeRecorded.ALREADY_RECORDED, None
     if isinstance(result, ChargeFailed):
-        await store.mark_failed(
+        if not await store.mark_failed(
             conn, charge.charge_id, result.code, result.message, result.gateway_ref
-        )
+        ):
+            return ChargeRecorded.ALREADY_RECORDED, None, None
         await _hand_failure_to_retry_worker(conn, charge.run_id)
-        return ChargeRecorded.FAILED, run
-    await conn.execute(store.MARK_SUCCEEDED, charge.charge_id, result.gateway_ref)
-    await credit_success(
+        return ChargeRecorded.FAILED, run, None
+    if await conn.fetchval(store.MARK_SUCCEEDED, charge.charge_id, result.gateway_ref) is None:
+        return ChargeRecorded.ALREADY_RECORDED, None, None
+    credited = await credit_success(
         conn,
         account,
         run,
@@ -319,7 +324,7 @@ async def _record(
         currency=charge.currency,
         idempotency_key=charge.idempotency_key,
     )
-    return ChargeRecorded.SUCCEEDED, run
+    return ChargeRecorded.SUCCEEDED, run, credited
 
 
 async def credit_success(
@@ -331,10 +336,11 @@ async def credit_success(
     amount: Decimal,
     currency: str,
     idempotency_key: str,
-) -> Decimal:
+) -> Credited:
     """What every succeeded charge does, in the caller's transaction with the account and the run
     locked and the charge already marked succeeded: credit the ledger once (unique on the
-    charge), reset the ladder, emit recharge.succeeded. Returns the balance after the credit.
+    charge), reset the ladder, emit recharge.succeeded. Returns the credit; its account row is
+    None when the ladder's reset changed the row after the credit.
 
     One function for the charge worker's charges and the console's confirmed authentications
     (common/recharge/authentication.py), so that a success means the same thing for both."""
@@ -359,9 +365,12 @@ async def credit_success(
                 run_id=run["id"],
                 charge_id=charge_id,
             )
-        # A failed attempt the retry worker has not counted yet happened before this
-        # success: it counts for nothing (failures count since the last success).
-        await conn.execute(store.SUPERSEDE_FAILING, account["id"])
+            credited = replace(credited, account_after=None)
+        # A failed attempt the retry worker has not counted yet happened before this success:
+        # it counts for nothing (failures count since the last success). None can be, when this
+        # is the account's automatic run in flight: one at a time (the in-flight index).
+        if not (run["kind"] == "auto" and run["state"] == RunState.PENDING):
+            await conn.execute(store.SUPERSEDE_FAILING, account["id"])
     await emit_event(
         conn,
         EVENT_RECHARGE_SUCCEEDED,
@@ -376,7 +385,7 @@ async def credit_success(
             "idempotency_key": idempotency_key,
         },
     )
-    return credited.balance
+    return credited
 
 
 async def _call(gateway: PaymentGateway, charge: PendingCharge) -> ChargeResult:

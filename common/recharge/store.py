@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from common.accounts.store import lock_account
+from common.accounts.store import ACCOUNT_COLUMNS, lock_account
 
 # Runs for several accounts in one round trip (forty accounts crossing T in one group commit
 # were 120 statements, docs/performance.md "The crossing, third pass"). An account with a run
@@ -34,20 +34,45 @@ WITH runs AS (
 )
 SELECT id, account_id FROM runs ORDER BY id
 """
-SET_AUTO_RUN = "UPDATE accounts SET auto_run_id = $2 WHERE id = $1"
-RUN_ACCOUNT = "SELECT account_id FROM recharge_runs WHERE id = $1"
+# The run's account, locked, found from the run in the same statement.
+LOCK_ACCOUNT_OF_RUN = f"""
+SELECT {ACCOUNT_COLUMNS}, now() AS db_now
+FROM accounts a
+WHERE a.id = (SELECT account_id FROM recharge_runs WHERE id = $1)
+FOR UPDATE OF a
+"""
 LOCK_RUN = "SELECT * FROM recharge_runs WHERE id = $1 FOR UPDATE"
-FINISH_RUN = "UPDATE recharge_runs SET state = $2, finished_at = now(), error = $3 WHERE id = $1"
+# A run leaves flight; an automatic one also leaves its account row ($4: the run's kind).
+FINISH_RUN = """
+WITH finished AS (
+    UPDATE recharge_runs SET state = $2, finished_at = now(), error = $3 WHERE id = $1
+    RETURNING account_id
+)
+UPDATE accounts a SET auto_run_id = NULL
+FROM finished WHERE a.id = finished.account_id AND $4 = 'auto'
+"""
 # 'failing' keeps the run in flight until the retry worker counted the failure.
 MARK_FAILING = "UPDATE recharge_runs SET state = 'failing' WHERE id = $1"
 SUPERSEDE_FAILING = """
 UPDATE recharge_runs SET ladder_superseded = true
 WHERE account_id = $1 AND kind = 'auto' AND state = 'failing'
 """
+# The run's pending charge, its call counted, if it has one; with the run's charge statistics
+# either way (all the charge's columns NULL when there is none). One round trip for what a
+# run's every step asks first.
 RESUME_PENDING_CHARGE = """
-UPDATE charges SET gateway_calls = gateway_calls + 1, updated_at = now()
-WHERE run_id = $1 AND status = 'pending'
-RETURNING *
+WITH resumed AS (
+    UPDATE charges SET gateway_calls = gateway_calls + 1, updated_at = now()
+    WHERE run_id = $1 AND status = 'pending'
+    RETURNING *
+)
+SELECT resumed.*, stats.succeeded, stats.last_seq
+FROM (
+    SELECT count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
+           coalesce(max(seq), 0) AS last_seq
+    FROM charges WHERE run_id = $1
+) AS stats
+LEFT JOIN resumed ON true
 """
 RUN_CHARGE_STATS = """
 SELECT count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
@@ -60,14 +85,18 @@ INSERT INTO charges (run_id, account_id, seq, amount, currency, idempotency_key,
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 RETURNING *
 """
-LOCK_CHARGE_STATUS = "SELECT status FROM charges WHERE id = $1 FOR UPDATE"
+# A charge's outcome, recorded once: no row when it is no longer pending (a duplicate delivery
+# recorded it first; the row lock makes the second wait, then see the first's outcome).
 MARK_SUCCEEDED = """
-UPDATE charges SET status = 'succeeded', gateway_ref = $2, updated_at = now() WHERE id = $1
+UPDATE charges SET status = 'succeeded', gateway_ref = $2, updated_at = now()
+WHERE id = $1 AND status = 'pending'
+RETURNING id
 """
 MARK_FAILED = """
 UPDATE charges SET status = 'failed', failure_code = $2, failure_message = $3, gateway_ref = $4,
                    updated_at = now()
-WHERE id = $1
+WHERE id = $1 AND status = 'pending'
+RETURNING id
 """
 LAST_FAILED_CHARGE = """
 SELECT id, amount, failure_code, failure_message, updated_at, idempotency_key
@@ -116,10 +145,11 @@ async def lock_run(
     `account_id`: the run's account when the caller knows it (a run never changes account),
     which saves the look-up."""
     if account_id is None:
-        account_id = await conn.fetchval(RUN_ACCOUNT, run_id)
-        if account_id is None:
+        account = await conn.fetchrow(LOCK_ACCOUNT_OF_RUN, run_id)
+        if account is None:
             return None, None
-    account = await lock_account(conn, account_id)
+    else:
+        account = await lock_account(conn, account_id)
     run = await conn.fetchrow(LOCK_RUN, run_id)
     return account, run
 
@@ -128,9 +158,7 @@ async def finish_run(
     conn: asyncpg.Connection[Any], run: asyncpg.Record, state: str, error: str | None = None
 ) -> None:
     """A run leaves flight: its row, and the account's pointer to it for an automatic one."""
-    await conn.execute(FINISH_RUN, run["id"], state, error)
-    if run["kind"] == "auto":
-        await conn.execute(SET_AUTO_RUN, run["account_id"], None)
+    await conn.execute(FINISH_RUN, run["id"], state, error, run["kind"])
 
 
 async def insert_charge(
@@ -169,8 +197,10 @@ async def mark_failed(
     code: str,
     message: str,
     gateway_ref: str | None,
-) -> None:
-    await conn.execute(MARK_FAILED, charge_id, code, message[:500], gateway_ref)
+) -> bool:
+    """False when the charge was no longer pending: nothing changed."""
+    marked = await conn.fetchval(MARK_FAILED, charge_id, code, message[:500], gateway_ref)
+    return marked is not None
 
 
 def failed_at(charge: asyncpg.Record) -> datetime:

@@ -543,8 +543,12 @@ async def test_crossing_the_alert_level_emits_balance_low_once(
     await debit(engine, account, "5")
     lows = [data for kind, data in await events(conn, account) if kind == "balance.low"]
     assert len(lows) == 1 and Decimal(lows[0]["balance"]) == 40
-    await credit_account(conn, account, Decimal("30"), "goodwill")  # 65: re-armed
-    await debit(engine, account, "20")  # 45: a second crossing
+    await credit_account(conn, account, Decimal("5"), "goodwill")  # 40: still below, not re-armed
+    await debit(engine, account, "1")
+    lows = [data for kind, data in await events(conn, account) if kind == "balance.low"]
+    assert len(lows) == 1
+    await credit_account(conn, account, Decimal("31"), "goodwill")  # 70: re-armed
+    await debit(engine, account, "25")  # 45: a second crossing
     lows = [data for kind, data in await events(conn, account) if kind == "balance.low"]
     assert len(lows) == 2
 
