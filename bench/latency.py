@@ -166,6 +166,16 @@ async def setup(url: str, settings: Any, accounts: int, crossing: int, rounds: i
         await conn.close()
 
 
+def reference_loop_ms() -> float:
+    """A fixed pure-Python loop, timed: this machine's CPU speed drifts (the same loop took 0.5 s
+    and 1.05 s a minute apart), so each crossing is printed beside how fast the machine was."""
+    started = time.perf_counter()
+    total = 0
+    for i in range(300_000):
+        total += i * i
+    return (time.perf_counter() - started) * 1000
+
+
 async def crossing(
     conn: asyncpg.Connection[Any], broker: Any, accounts: range, suffix: str
 ) -> tuple[list[float], list[asyncpg.Record], dict[str, float]]:
@@ -173,6 +183,7 @@ async def crossing(
     from common.broker.publish import usage_message
 
     tag = f"cross-{suffix}-{accounts.start}"
+    reference_ms = reference_loop_ms()
     before = cpu_snapshot()
     at = datetime.now(UTC).isoformat()
     for i in accounts:
@@ -200,6 +211,7 @@ async def crossing(
         f"{tag}-%",
     )
     spent = cpu_by_process(before, cpu_snapshot())
+    spent["reference loop"] = reference_ms
     return found, await conn.fetch(STAGES_SQL, f"{tag}-%"), spent
 
 

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
+import uvloop
 from dramatiq.brokers.redis import RedisBroker
 from redis import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -224,7 +225,7 @@ def main() -> None:
         await run_relay(settings, stop)
 
     try:
-        asyncio.run(_main())
+        uvloop.run(_main())  # the event loop the workers and the web process run on
     except NotStarted:
         sys.exit(EXIT_NOT_STARTED)
 
