@@ -69,6 +69,10 @@ RECONCILE_LOCK_KEY: Final = 0x7265636F6E63696C
 # PostgreSQL NOTIFY channel the relay listens on; the transaction that writes an outbox row
 # notifies it, and the notification is delivered only on commit.
 OUTBOX_CHANNEL: Final = "contacto_outbox"
+# What a notification on OUTBOX_CHANNEL announces: a message for a worker (the relay publishes at
+# once), or only domain events (it may gather a few milliseconds' worth first).
+NOTIFY_MESSAGE: Final = "message"
+NOTIFY_EVENT: Final = "event"
 
 
 def queue_key(namespace: str, queue: str) -> str:

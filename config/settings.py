@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     usage_overlap_min_events: int = Field(200, validation_alias="CONTACTO_USAGE_OVERLAP_MIN_EVENTS")
     relay_poll_interval_s: float = Field(1.0, validation_alias="CONTACTO_RELAY_POLL_INTERVAL_S")
     relay_batch_size: int = Field(500, validation_alias="CONTACTO_RELAY_BATCH_SIZE")
+    # How long a notification of domain events alone waits for more before the relay drains
+    # (common/outbox/wake.py): events are published at most this much later. Messages: at once.
+    relay_event_delay_ms: int = Field(20, ge=0, validation_alias="CONTACTO_RELAY_EVENT_DELAY_MS")
     gateway_timeout_s: float = Field(20.0, validation_alias="CONTACTO_GATEWAY_TIMEOUT_S")
     metrics_port: int | None = Field(None, validation_alias="CONTACTO_METRICS_PORT")
     # Redis prefix of the simulated gateway's state (idempotency records, injected faults).

@@ -1,6 +1,7 @@
 """Relay process: publishes what committed transactions wrote to the outbox.
 
-Wakes on the `contacto_outbox` notification (sent at commit) and polls every
+Wakes on the `contacto_outbox` notification (sent at commit; for domain events alone, after
+CONTACTO_RELAY_EVENT_DELAY_MS: common/outbox/wake.py) and polls every
 CONTACTO_RELAY_POLL_INTERVAL_S anyway, so rows left by a crash, or notified while the relay
 was down, go out too. Several relays may run: rows are claimed with SKIP LOCKED.
 
@@ -41,6 +42,7 @@ from common.logging import configure_logging
 from common.metrics import metrics, serve
 from common.names import OUTBOX_CHANNEL
 from common.outbox.relay import Publisher, drain_once, outbox_lag, prune_sent
+from common.outbox.wake import Wake
 from common.recharge.authentication import sweep_once
 from common.recharge.reconcile import ReconcileConfig, reconcile_once
 from config.settings import Settings
@@ -63,6 +65,7 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
         stream_maxlen=settings.events_stream_maxlen,
     )
     wake = asyncio.Event()
+    waker = Wake(wake, settings.relay_event_delay_ms / 1000)
     last_prune = last_gauges = 0.0
     if settings.metrics_port:
         serve(settings.metrics_port)
@@ -107,8 +110,8 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
     try:
         async with raw_connection(engine) as listener:
 
-            def on_notify(*_args: Any) -> None:
-                wake.set()
+            def on_notify(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+                waker.notified(payload)
 
             await listener.add_listener(OUTBOX_CHANNEL, on_notify)
             log.info(
@@ -138,6 +141,7 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
             await listener.remove_listener(OUTBOX_CHANNEL, on_notify)
     finally:
         stop.set()
+        waker.close()
         await asyncio.gather(*clocks, return_exceptions=True)
         publisher.redis.close()
         if broker_redis is not None:

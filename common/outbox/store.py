@@ -16,7 +16,14 @@ from typing import Any
 import asyncpg
 
 from common.money import format_amount
-from common.names import ACTOR_QUEUES, DEST_QUEUE, DEST_STREAM, OUTBOX_CHANNEL
+from common.names import (
+    ACTOR_QUEUES,
+    DEST_QUEUE,
+    DEST_STREAM,
+    NOTIFY_EVENT,
+    NOTIFY_MESSAGE,
+    OUTBOX_CHANNEL,
+)
 
 # The row and the relay's wake-up in one round trip (a data-modifying CTE always runs).
 _INSERT = """
@@ -25,7 +32,7 @@ WITH written AS (
     VALUES ($1, $2, $3, $4, coalesce($5, now()))
     RETURNING id
 )
-SELECT (SELECT id FROM written) AS id, pg_notify($6, '')
+SELECT (SELECT id FROM written) AS id, pg_notify($6, $7)
 """
 
 
@@ -39,7 +46,14 @@ async def enqueue_message(
     """Ask for a dramatiq message to `actor_name` (its queue is looked up in common.names)."""
     queue = ACTOR_QUEUES[actor_name]
     outbox_id: int = await conn.fetchval(
-        _INSERT, DEST_QUEUE, queue, actor_name, json.dumps(kwargs), deliver_at, OUTBOX_CHANNEL
+        _INSERT,
+        DEST_QUEUE,
+        queue,
+        actor_name,
+        json.dumps(kwargs),
+        deliver_at,
+        OUTBOX_CHANNEL,
+        NOTIFY_MESSAGE,
     )
     return outbox_id
 
@@ -52,7 +66,7 @@ WITH written AS (
     ORDER BY n
     RETURNING id
 )
-SELECT (SELECT array_agg(id ORDER BY id) FROM written) AS ids, pg_notify($5, '')
+SELECT (SELECT array_agg(id ORDER BY id) FROM written) AS ids, pg_notify($5, $6)
 """
 
 
@@ -69,6 +83,7 @@ async def enqueue_messages(
         actor_name,
         [json.dumps(k) for k in kwargs],
         OUTBOX_CHANNEL,
+        NOTIFY_MESSAGE,
     )
     return ids
 
@@ -90,6 +105,7 @@ async def emit_event(conn: asyncpg.Connection[Any], event_type: str, data: dict[
         json.dumps(data, default=_jsonable),
         None,
         OUTBOX_CHANNEL,
+        NOTIFY_EVENT,
     )
     return outbox_id
 
