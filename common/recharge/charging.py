@@ -135,22 +135,21 @@ async def _advance(
     run: asyncpg.Record,
     limits: ChargeLimits,
     *,
-    may_have_pending: bool = True,
+    recorded: asyncpg.Record | None = None,
 ) -> PendingCharge | RunFinished:
     """The locked run's next step: resume its pending charge, finish it, or store the next
-    charge (or, when it can never be sent, its failure). `may_have_pending` False: the caller
-    just recorded the run's only pending charge (one per run, a unique index)."""
+    charge (or, when it can never be sent, its failure). `recorded`: the caller just recorded
+    the run's only pending charge (one per run, a unique index) and has the run's charge
+    statistics after it (store.MARK_SUCCEEDED)."""
     run_id = run["id"]
     if run["state"] != RunState.PENDING:
         return RunFinished(RunState(run["state"]))  # a duplicate, or finished meanwhile
-    if may_have_pending:
+    stats = recorded
+    if stats is None:
         stats = await conn.fetchrow(store.RESUME_PENDING_CHARGE, run_id)
         assert stats is not None
         if stats["id"] is not None:
             return _pending(stats, account)
-    else:
-        stats = await conn.fetchrow(store.RUN_CHARGE_STATS, run_id)
-        assert stats is not None
     step = _decide(run, account, stats["succeeded"], limits)
     if isinstance(step, RunDone | RunCapped):
         return await _finish(conn, run, account, step, stats["succeeded"])
@@ -284,7 +283,7 @@ async def record_and_advance(
     charge worker's time per run is mostly statements, and forty accounts crossing their
     threshold at once queue behind it (docs/performance.md, "Latency")."""
     async with conn.transaction():
-        outcome, run, credited = await _record(conn, charge, result)
+        outcome, run, credited, recorded_stats = await _record(conn, charge, result)
         if outcome is ChargeRecorded.FAILED:
             return Recorded(outcome, RunFinished(RunState.FAILING))
         if outcome is not ChargeRecorded.SUCCEEDED or run is None:
@@ -295,26 +294,27 @@ async def record_and_advance(
         if account is None:
             account = await lock_account(conn, charge.account_id)
             assert account is not None
-        step = await _advance(conn, account, run, limits, may_have_pending=False)
+        step = await _advance(conn, account, run, limits, recorded=recorded_stats)
         return Recorded(outcome, step)
 
 
 async def _record(
     conn: asyncpg.Connection[Any], charge: PendingCharge, result: ChargeResult
-) -> tuple[ChargeRecorded, asyncpg.Record | None, Credited | None]:
+) -> tuple[ChargeRecorded, asyncpg.Record | None, Credited | None, asyncpg.Record | None]:
     """Apply the gateway's answer once, inside the caller's transaction; with the locked run
-    and, after a success, the credit."""
+    and, after a success, the credit and the run's charge statistics."""
     account, run = await store.lock_run(conn, charge.run_id, account_id=charge.account_id)
     assert account is not None and run is not None
     if isinstance(result, ChargeFailed):
         if not await store.mark_failed(
             conn, charge.charge_id, result.code, result.message, result.gateway_ref
         ):
-            return ChargeRecorded.ALREADY_RECORDED, None, None
+            return ChargeRecorded.ALREADY_RECORDED, None, None, None
         await _hand_failure_to_retry_worker(conn, charge.run_id)
-        return ChargeRecorded.FAILED, run, None
-    if await conn.fetchval(store.MARK_SUCCEEDED, charge.charge_id, result.gateway_ref) is None:
-        return ChargeRecorded.ALREADY_RECORDED, None, None
+        return ChargeRecorded.FAILED, run, None, None
+    stats = await conn.fetchrow(store.MARK_SUCCEEDED, charge.charge_id, result.gateway_ref)
+    if stats is None:
+        return ChargeRecorded.ALREADY_RECORDED, None, None, None
     credited = await credit_success(
         conn,
         account,
@@ -324,7 +324,7 @@ async def _record(
         currency=charge.currency,
         idempotency_key=charge.idempotency_key,
     )
-    return ChargeRecorded.SUCCEEDED, run, credited
+    return ChargeRecorded.SUCCEEDED, run, credited, stats
 
 
 async def credit_success(

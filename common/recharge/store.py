@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from common.accounts.store import ACCOUNT_COLUMNS, lock_account
+from common.accounts.store import ACCOUNT_COLUMNS
 
 # Runs for several accounts in one round trip (forty accounts crossing T in one group commit
 # were 120 statements, docs/performance.md "The crossing, third pass"). An account with a run
@@ -34,14 +34,23 @@ WITH runs AS (
 )
 SELECT id, account_id FROM runs ORDER BY id
 """
-# The run's account, locked, found from the run in the same statement.
-LOCK_ACCOUNT_OF_RUN = f"""
-SELECT {ACCOUNT_COLUMNS}, now() AS db_now
-FROM accounts a
-WHERE a.id = (SELECT account_id FROM recharge_runs WHERE id = $1)
-FOR UPDATE OF a
+# A run and its account, locked in one round trip, account first (the order every path uses):
+# the run's row is locked by a sub-select evaluated for the account's row, after the CTE locked
+# it. $2 is the run's account when the caller knows it, else it is looked up from the run. The
+# run comes back as a composite value (a record of its table's row type), NULL if there is no
+# such run on that account.
+LOCK_ACCOUNT_AND_RUN = f"""
+WITH acct AS MATERIALIZED (
+    SELECT {ACCOUNT_COLUMNS}, now() AS db_now
+    FROM accounts a
+    WHERE a.id = coalesce($2::text, (SELECT account_id FROM recharge_runs WHERE id = $1))
+    FOR UPDATE OF a
+)
+SELECT acct.*,
+       (SELECT r FROM recharge_runs r WHERE r.id = $1 AND r.account_id = acct.id
+        FOR UPDATE OF r) AS run
+FROM acct
 """
-LOCK_RUN = "SELECT * FROM recharge_runs WHERE id = $1 FOR UPDATE"
 # A run leaves flight; an automatic one also leaves its account row ($4: the run's kind).
 FINISH_RUN = """
 WITH finished AS (
@@ -74,11 +83,6 @@ FROM (
 ) AS stats
 LEFT JOIN resumed ON true
 """
-RUN_CHARGE_STATS = """
-SELECT count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
-       coalesce(max(seq), 0) AS last_seq
-FROM charges WHERE run_id = $1
-"""
 INSERT_CHARGE = """
 INSERT INTO charges (run_id, account_id, seq, amount, currency, idempotency_key, payment_method,
                      status, failure_code, failure_message, gateway_calls)
@@ -87,10 +91,19 @@ RETURNING *
 """
 # A charge's outcome, recorded once: no row when it is no longer pending (a duplicate delivery
 # recorded it first; the row lock makes the second wait, then see the first's outcome).
+# ... and, for a success, the run's charge statistics after it (as RESUME_PENDING_CHARGE gives
+# them), for the run's next step: the sub-selects read the snapshot from before the
+# update, where this charge was still pending.
 MARK_SUCCEEDED = """
-UPDATE charges SET status = 'succeeded', gateway_ref = $2, updated_at = now()
-WHERE id = $1 AND status = 'pending'
-RETURNING id
+WITH marked AS (
+    UPDATE charges SET status = 'succeeded', gateway_ref = $2, updated_at = now()
+    WHERE id = $1 AND status = 'pending'
+    RETURNING run_id
+)
+SELECT (SELECT count(*) FROM charges c
+        WHERE c.run_id = marked.run_id AND c.status = 'succeeded') + 1 AS succeeded,
+       (SELECT max(seq) FROM charges c WHERE c.run_id = marked.run_id) AS last_seq
+FROM marked
 """
 MARK_FAILED = """
 UPDATE charges SET status = 'failed', failure_code = $2, failure_message = $3, gateway_ref = $4,
@@ -143,15 +156,11 @@ async def lock_run(
     """Lock a recharge run and its account, account first (the order every path uses).
 
     `account_id`: the run's account when the caller knows it (a run never changes account),
-    which saves the look-up."""
-    if account_id is None:
-        account = await conn.fetchrow(LOCK_ACCOUNT_OF_RUN, run_id)
-        if account is None:
-            return None, None
-    else:
-        account = await lock_account(conn, account_id)
-    run = await conn.fetchrow(LOCK_RUN, run_id)
-    return account, run
+    which saves the look-up. (None, None) when there is no such run."""
+    row = await conn.fetchrow(LOCK_ACCOUNT_AND_RUN, run_id, account_id)
+    if row is None or row["run"] is None:
+        return None, None
+    return row, row["run"]
 
 
 async def finish_run(
