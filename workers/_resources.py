@@ -8,7 +8,6 @@ like the engine's pool, belongs to the loop that first uses it, hence creation o
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +15,7 @@ import redis.asyncio as aioredis
 import structlog
 from dramatiq.asyncio import get_event_loop_thread, set_event_loop_thread
 from dramatiq.middleware import Middleware
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.db.engine import create_engine
 from common.db.hotpool import HotPool
@@ -55,11 +54,9 @@ def gateway() -> PaymentGateway:
 
 
 def hot_pool() -> HotPool:
-    """The balance worker's kept connections, opened on first use (on the loop)."""
+    """The balance and charge workers' kept connections (common/db/hotpool.py), opened at boot."""
     current = resources()
-    if current.hot_pool is None:
-        settings = current.settings
-        current.hot_pool = HotPool(settings.asyncpg_dsn, settings.usage_max_in_flight)
+    assert current.hot_pool is not None
     return current.hot_pool
 
 
@@ -89,8 +86,19 @@ class ResourcesMiddleware(Middleware):
     async def _start(self) -> Resources:
         redis = aioredis.Redis.from_url(self.settings.redis_url)
         engine = create_engine(self.settings)
-        await _open_pool(engine, self.settings.db_pool_size)
-        return Resources(self.settings, engine, redis, None)
+        # Sized for whichever worker runs here: the balance worker's group commit runs
+        # CONTACTO_USAGE_MAX_IN_FLIGHT transactions at once, the charge worker's runs take one
+        # each (CONTACTO_DB_POOL_SIZE); a connection is held for one transaction.
+        pool = HotPool(
+            self.settings.asyncpg_dsn,
+            max(self.settings.db_pool_size, self.settings.usage_max_in_flight),
+        )
+        # Opened now rather than in the first messages: forty accounts crossing their threshold
+        # at once were the charge worker's first work after a start, and waited for its
+        # connections to open (docs/performance.md, "Latency"). Best effort: with PostgreSQL
+        # down the worker starts anyway, opens them on demand, and its messages are retried.
+        await pool.open()
+        return Resources(self.settings, engine, redis, None, pool)
 
     def after_worker_boot(self, broker: Any, worker: Any) -> None:
         # Our Prometheus metrics are made on first use, which cost a worker's first message
@@ -116,23 +124,6 @@ class ResourcesMiddleware(Middleware):
 
 async def _make_metrics() -> None:
     metrics()
-
-
-async def _open_pool(engine: AsyncEngine, connections: int) -> None:
-    """Open the pool's connections now rather than in the first messages: forty accounts
-    crossing their threshold at once were the charge worker's first work after a start, and
-    waited for its connections to open (docs/performance.md, "Latency"). Best effort: with
-    PostgreSQL down the worker starts anyway, and its messages wait and are retried."""
-
-    async def one() -> AsyncConnection:
-        return await engine.connect()
-
-    opened = await asyncio.gather(*(one() for _ in range(connections)), return_exceptions=True)
-    for conn in opened:
-        if isinstance(conn, AsyncConnection):
-            await conn.close()
-        else:
-            log.warning("db.pool_not_opened", error=str(conn)[:200])
 
 
 async def _dispose(current: Resources) -> None:

@@ -19,7 +19,7 @@ from common.recharge.charging import run_to_completion
 from common.recharge.config import ChargeLimits
 from workers._broker import broker, settings  # noqa: F401  (declares the broker first)
 from workers._context import message_context
-from workers._resources import gateway, resources
+from workers._resources import gateway, hot_pool
 
 LIMITS = ChargeLimits.from_settings(settings)
 
@@ -32,4 +32,4 @@ LIMITS = ChargeLimits.from_settings(settings)
 )
 @message_context(bind=("run_id",))
 async def run_recharge(run_id: int) -> None:
-    await run_to_completion(resources().engine, gateway(), run_id, LIMITS)
+    await run_to_completion(hot_pool(), gateway(), run_id, LIMITS)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from common.db.engine import CONNECTION_ERRORS
+from common.db.engine import CONNECTION_ERRORS, raw_connection
 
 # Generic plans: the same few statements run thousands of times a second, and re-planning them
 # per execution cost more than executing the lock query. A generic plan is kept for the
@@ -62,7 +63,26 @@ class HotPool:
                 raise
         return await self._idle.get()
 
+    async def open(self) -> None:
+        """Open every connection now rather than in the first messages after a start (best
+        effort: with PostgreSQL away the worker starts anyway, and opens them on demand)."""
+        opened = await asyncio.gather(
+            *(self._take() for _ in range(self._size - self._open)), return_exceptions=True
+        )
+        for conn in opened:
+            if isinstance(conn, asyncpg.Connection):
+                self._idle.put_nowait(conn)
+
     async def close(self) -> None:
         while not self._idle.empty():
             await self._idle.get_nowait().close()
             self._open -= 1
+
+
+# Where a service gets its connection: a worker's kept connections, or an engine's pool (the
+# CLI, the web process, tests).
+ConnectionSource = AsyncEngine | HotPool
+
+
+def connection(source: ConnectionSource) -> AbstractAsyncContextManager[asyncpg.Connection[Any]]:
+    return source.connection() if isinstance(source, HotPool) else raw_connection(source)

@@ -25,13 +25,12 @@ from typing import Any
 
 import asyncpg
 import structlog
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.accounts.ledger import Credited, apply_credit, charge_reference
 from common.accounts.status import CAUSE_RESET, enforce_prepaid, set_tier
 from common.accounts.store import lock_account
 from common.crashpoints import crash_point
-from common.db.engine import raw_connection
+from common.db.hotpool import ConnectionSource, connection
 from common.gateway import (
     ChargeFailed,
     ChargeRequest,
@@ -402,7 +401,7 @@ async def _call(gateway: PaymentGateway, charge: PendingCharge) -> ChargeResult:
 
 
 async def run_to_completion(
-    engine: AsyncEngine,
+    source: ConnectionSource,
     gateway: PaymentGateway,
     run_id: int,
     limits: ChargeLimits,
@@ -412,7 +411,7 @@ async def run_to_completion(
     step: PendingCharge | RunFinished | None = None
     while True:
         if step is None:
-            async with raw_connection(engine) as conn:
+            async with connection(source) as conn:
                 step = await next_step(conn, run_id, limits)
         if isinstance(step, RunFinished):
             bound.info("recharge.run_finished", state=step.state)
@@ -437,7 +436,7 @@ async def run_to_completion(
             metrics().gateway_errors.labels("config").inc()
             raise
         crash_point("charge.after_gateway")
-        async with raw_connection(engine) as conn:
+        async with connection(source) as conn:
             recorded = await record_and_advance(conn, step, result, limits)
         charge_log.info("charge.recorded", outcome=recorded.outcome)
         if recorded.outcome is not ChargeRecorded.ALREADY_RECORDED:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from common.db.engine import raw_connection
 from common.db.errors import INPUT_ERRORS, retry_conflicts
-from common.db.hotpool import HotPool
+from common.db.hotpool import HotPool, connection
 from common.recharge.config import PolicyConfig
 from common.usage.debits import DebitResult, apply_usage, reject
 from common.usage.decode import Incoming, Rejection, Submission
@@ -42,10 +39,6 @@ async def apply_submissions(
     return [_outcome(s, result) for s in subs]
 
 
-def _connection(source: AsyncEngine | HotPool) -> AbstractAsyncContextManager[Any]:
-    return source.connection() if isinstance(source, HotPool) else raw_connection(source)
-
-
 async def _apply(
     engine: AsyncEngine | HotPool,
     config: PolicyConfig,
@@ -53,7 +46,7 @@ async def _apply(
     rejections: Sequence[Rejection],
 ) -> DebitResult:
     async def attempt() -> DebitResult:
-        async with _connection(engine) as conn:
+        async with connection(engine) as conn:
             return await apply_usage(conn, items, rejections, config)
 
     return await retry_conflicts(attempt)
