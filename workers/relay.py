@@ -35,6 +35,7 @@ from common.broker.factory import build_broker
 from common.broker.inspect import queue_stats
 from common.broker.maintenance import run_maintenance
 from common.db.engine import create_engine, raw_connection
+from common.db.hotpool import HotPool
 from common.gateway.base import GatewayConfigError
 from common.gateway.factory import build_stripe_gateway
 from common.gateway.stripe_gateway import StripeGateway
@@ -56,8 +57,11 @@ GAUGES_EVERY_S = 5.0
 async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
     """Raises NotStarted (logged) when the database is not there or not migrated."""
     await check_schema(settings, unreachable_is_fatal=True)
-    # The LISTEN connection, a drain, a reconciler pass and the gauges may each hold one.
-    engine = create_engine(settings, pool_size=4)
+    # The LISTEN connection, a reconciler pass and the gauges may each hold one.
+    engine = create_engine(settings, pool_size=3)
+    # Drains, one at a time, on a kept connection (common/db/hotpool.py): a burst of commits
+    # is a drain every few milliseconds, and SQLAlchemy's checkout cost more than the claim.
+    drains = HotPool(settings.asyncpg_dsn, 1)
     publisher = Publisher(
         broker=build_broker(settings),
         redis=Redis.from_url(settings.redis_url),
@@ -124,7 +128,7 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
             while not stop.is_set():
                 wake.clear()
                 try:
-                    published = await drain_once(engine, publisher, settings.relay_batch_size)
+                    published = await drain_once(drains, publisher, settings.relay_batch_size)
                 except Exception:
                     log.exception("relay.publish_failed")
                     published = 0
@@ -148,6 +152,7 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
             broker_redis.close()
         if stripe is not None:
             await stripe.close()
+        await drains.close()
         await engine.dispose()
         log.info("relay.stopped")
 

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from common.broker.enqueue_many import enqueue_many
 from common.crashpoints import crash_point
 from common.db.engine import raw_connection
+from common.db.hotpool import ConnectionSource, connection
 from common.names import DEST_QUEUE
 from common.outbox import store
 
@@ -81,9 +82,9 @@ def _message(row: asyncpg.Record) -> tuple[dramatiq.Message[Any], int | None]:
     return message, delay_ms or None
 
 
-async def drain_once(engine: AsyncEngine, publisher: Publisher, batch_size: int) -> int:
+async def drain_once(source: ConnectionSource, publisher: Publisher, batch_size: int) -> int:
     """Publish up to `batch_size` unsent rows. Returns how many were published."""
-    async with raw_connection(engine) as conn, conn.transaction():
+    async with connection(source) as conn, conn.transaction():
         rows = await conn.fetch(store.CLAIM, batch_size)
         if not rows:
             return 0
