@@ -19,13 +19,18 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """CONTACTO_TEST_BROKER=rabbitmq runs the tier on RabbitMQ (a vhost per test, see the
-    `namespace` fixture), but for the tests that look into Redis's broker keys themselves."""
-    if os.environ.get("CONTACTO_TEST_BROKER") != "rabbitmq":
-        return
-    skip = pytest.mark.skip(reason="reads Redis's broker keys: Redis only")
+    `namespace` fixture), but for the tests that look into Redis's broker keys themselves;
+    the tests of what RabbitMQ alone does (`rabbitmq_only`) run only then."""
+    on_rabbitmq = os.environ.get("CONTACTO_TEST_BROKER") == "rabbitmq"
+    skip_redis = pytest.mark.skip(reason="reads Redis's broker keys: Redis only")
+    skip_rabbitmq = pytest.mark.skip(
+        reason="RabbitMQ's own queues: CONTACTO_TEST_BROKER=rabbitmq only"
+    )
     for item in items:
-        if item.get_closest_marker("redis_only"):
-            item.add_marker(skip)
+        if on_rabbitmq and item.get_closest_marker("redis_only"):
+            item.add_marker(skip_redis)
+        if not on_rabbitmq and item.get_closest_marker("rabbitmq_only"):
+            item.add_marker(skip_rabbitmq)
 
 
 @pytest.fixture(scope="session", autouse=True)
