@@ -340,8 +340,9 @@ async def run(args: argparse.Namespace) -> int:
         print("  CPU ms while it ran: " + ", ".join(f"{k} {v:.0f}" for k, v in spent.items()))
     warm_p99s = sorted(ms[2] for _, ms, _, _ in crossings[1:])
     if len(warm_p99s) > 1:
-        print(f"warm crossings: p99 median {statistics.median(warm_p99s):.0f} ms over "
-              f"{len(warm_p99s)} rounds (least {warm_p99s[0]:.0f}, most {warm_p99s[-1]:.0f})")  # fmt: skip
+        median = statistics.median(warm_p99s)
+        print(f"warm crossings: p99 median {median:.0f} ms over {len(warm_p99s)} rounds "
+              f"(least {warm_p99s[0]:.0f}, most {warm_p99s[-1]:.0f})")  # fmt: skip
     return 0
 
 
