@@ -8,6 +8,7 @@ like the engine's pool, belongs to the loop that first uses it, hence creation o
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,7 @@ import redis.asyncio as aioredis
 import structlog
 from dramatiq.asyncio import get_event_loop_thread, set_event_loop_thread
 from dramatiq.middleware import Middleware
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from common.db.engine import create_engine
 from common.db.hotpool import HotPool
@@ -53,10 +54,21 @@ def gateway() -> PaymentGateway:
     return current.gateway
 
 
+_hot_pool_connections = 0
+
+
+def use_hot_pool(connections: int) -> None:
+    """Called by a worker module at import: its actors use hot_pool(), up to `connections` at
+    once. The process's kept connections are the sum for the modules it runs (the Procfile
+    runs one per process; the demo may run all three in one)."""
+    global _hot_pool_connections
+    _hot_pool_connections += connections
+
+
 def hot_pool() -> HotPool:
-    """The balance and charge workers' kept connections (common/db/hotpool.py), opened at boot."""
+    """The process's kept connections (common/db/hotpool.py), opened at boot."""
     current = resources()
-    assert current.hot_pool is not None
+    assert current.hot_pool is not None, "the worker module did not call use_hot_pool()"
     return current.hot_pool
 
 
@@ -86,18 +98,16 @@ class ResourcesMiddleware(Middleware):
     async def _start(self) -> Resources:
         redis = aioredis.Redis.from_url(self.settings.redis_url)
         engine = create_engine(self.settings)
-        # Sized for whichever worker runs here: the balance worker's group commit runs
-        # CONTACTO_USAGE_MAX_IN_FLIGHT transactions at once, the charge worker's runs take one
-        # each (CONTACTO_DB_POOL_SIZE); a connection is held for one transaction.
-        pool = HotPool(
-            self.settings.asyncpg_dsn,
-            max(self.settings.db_pool_size, self.settings.usage_max_in_flight),
-        )
         # Opened now rather than in the first messages: forty accounts crossing their threshold
         # at once were the charge worker's first work after a start, and waited for its
         # connections to open (docs/performance.md, "Latency"). Best effort: with PostgreSQL
-        # down the worker starts anyway, opens them on demand, and its messages are retried.
-        await pool.open()
+        # down the worker starts anyway, connects on demand, and its messages are retried.
+        pool = None
+        if _hot_pool_connections:
+            pool = HotPool(self.settings.asyncpg_dsn, _hot_pool_connections)
+            await pool.open()
+        else:
+            await _open_pool(engine, self.settings.db_pool_size)
         return Resources(self.settings, engine, redis, None, pool)
 
     def after_worker_boot(self, broker: Any, worker: Any) -> None:
@@ -124,6 +134,20 @@ class ResourcesMiddleware(Middleware):
 
 async def _make_metrics() -> None:
     metrics()
+
+
+async def _open_pool(engine: AsyncEngine, connections: int) -> None:
+    """The engine's pool, for a worker without kept connections (the retry worker)."""
+
+    async def one() -> AsyncConnection:
+        return await engine.connect()
+
+    opened = await asyncio.gather(*(one() for _ in range(connections)), return_exceptions=True)
+    for conn in opened:
+        if isinstance(conn, AsyncConnection):
+            await conn.close()
+        else:
+            log.warning("db.pool_not_opened", error=str(conn)[:200])
 
 
 async def _dispose(current: Resources) -> None:

@@ -31,7 +31,7 @@ from common.usage.rejected import store_rejections
 from common.usage.service import Outcome, apply_submissions
 from workers._broker import broker, settings  # noqa: F401  (declares the broker first)
 from workers._context import message_context
-from workers._resources import hot_pool
+from workers._resources import hot_pool, use_hot_pool
 
 log = structlog.get_logger("workers.balance")
 
@@ -39,6 +39,8 @@ _committer: GroupCommitter[Submission, Outcome] | None = None
 
 
 POLICY = PolicyConfig.from_settings(settings)
+# The group commit's transactions at once; a rejected raw entry waits for one of them.
+use_hot_pool(settings.usage_max_in_flight)
 
 
 async def _flush(subs: Sequence[Submission]) -> list[Outcome]:

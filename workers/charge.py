@@ -19,9 +19,12 @@ from common.recharge.charging import run_to_completion
 from common.recharge.config import ChargeLimits
 from workers._broker import broker, settings  # noqa: F401  (declares the broker first)
 from workers._context import message_context
-from workers._resources import gateway, hot_pool
+from workers._resources import gateway, hot_pool, use_hot_pool
 
 LIMITS = ChargeLimits.from_settings(settings)
+# A run holds a kept connection only around its two transactions, never across the gateway call:
+# CONTACTO_DB_POOL_SIZE of them serve the 16 threads.
+use_hot_pool(settings.db_pool_size)
 
 
 @dramatiq.actor(

@@ -177,7 +177,6 @@ RETURNING low_balance_alert, balance
 """
 
 
-# A credit's half: back at or above the level, the next fall below it is a new crossing.
 async def insert_account(conn: asyncpg.Connection[Any], account_id: str, currency: str) -> bool:
     """False when the id is taken."""
     status: str = await conn.execute(_INSERT_ACCOUNT, account_id, currency)
