@@ -272,10 +272,9 @@ FROM account_history WHERE account_id = $1 ORDER BY id
 
 
 # A credit: the ledger row (once per (kind, reference)) and the balance it moves, in one statement.
-# The credit, and the account row after it (RETURNING sees the new values): the caller decides
-# on it without reading the row again.
-# Back at or above the low-balance alert level, the alert is re-armed in the same statement: the
-# next fall below it is announced again.
+# Back at or above the low-balance alert level, it re-arms the alert (the next fall below it is
+# announced again). It returns the account row after it (RETURNING sees the new values): the
+# caller decides on it without reading the row again.
 CREDIT = f"""
 WITH entry AS (
     INSERT INTO ledger_entries (account_id, amount, balance_after, kind, reference, memo)

@@ -264,7 +264,7 @@ async def record_outcome(
 ) -> ChargeRecorded:
     """Apply the gateway's answer once."""
     async with conn.transaction():
-        return (await _record(conn, charge, result))[0]
+        return (await _record(conn, charge, result)).outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,38 +282,50 @@ async def record_and_advance(
     charge worker's time per run is mostly statements, and forty accounts crossing their
     threshold at once queue behind it (docs/performance.md, "Latency")."""
     async with conn.transaction():
-        outcome, run, credited, recorded_stats = await _record(conn, charge, result)
+        applied = await _record(conn, charge, result)
+        outcome, run = applied.outcome, applied.run
         if outcome is ChargeRecorded.FAILED:
             return Recorded(outcome, RunFinished(RunState.FAILING))
         if outcome is not ChargeRecorded.SUCCEEDED or run is None:
             return Recorded(outcome, None)
         # The credit changed the account (balance, maybe its tier or status): decide on the row
         # as it is now. The run's row is unchanged since it was locked.
-        account = credited.account_after if credited is not None else None
+        account = applied.account_after
         if account is None:
             account = await lock_account(conn, charge.account_id)
             assert account is not None
-        step = await _advance(conn, account, run, limits, recorded=recorded_stats)
+        step = await _advance(conn, account, run, limits, recorded=applied.stats)
         return Recorded(outcome, step)
+
+
+@dataclass(frozen=True, slots=True)
+class _Applied:
+    """What _record did: the outcome, the locked run unless it was recorded before, and after a
+    success the account row the credit left (None: read it again) and the run's charge
+    statistics (store.MARK_SUCCEEDED)."""
+
+    outcome: ChargeRecorded
+    run: asyncpg.Record | None = None
+    account_after: asyncpg.Record | None = None
+    stats: asyncpg.Record | None = None
 
 
 async def _record(
     conn: asyncpg.Connection[Any], charge: PendingCharge, result: ChargeResult
-) -> tuple[ChargeRecorded, asyncpg.Record | None, Credited | None, asyncpg.Record | None]:
-    """Apply the gateway's answer once, inside the caller's transaction; with the locked run
-    and, after a success, the credit and the run's charge statistics."""
+) -> _Applied:
+    """Apply the gateway's answer once, inside the caller's transaction."""
     account, run = await store.lock_run(conn, charge.run_id, account_id=charge.account_id)
     assert account is not None and run is not None
     if isinstance(result, ChargeFailed):
         if not await store.mark_failed(
             conn, charge.charge_id, result.code, result.message, result.gateway_ref
         ):
-            return ChargeRecorded.ALREADY_RECORDED, None, None, None
+            return _Applied(ChargeRecorded.ALREADY_RECORDED)
         await _hand_failure_to_retry_worker(conn, charge.run_id)
-        return ChargeRecorded.FAILED, run, None, None
+        return _Applied(ChargeRecorded.FAILED, run)
     stats = await conn.fetchrow(store.MARK_SUCCEEDED, charge.charge_id, result.gateway_ref)
     if stats is None:
-        return ChargeRecorded.ALREADY_RECORDED, None, None, None
+        return _Applied(ChargeRecorded.ALREADY_RECORDED)
     credited = await credit_success(
         conn,
         account,
@@ -323,7 +335,7 @@ async def _record(
         currency=charge.currency,
         idempotency_key=charge.idempotency_key,
     )
-    return ChargeRecorded.SUCCEEDED, run, credited, stats
+    return _Applied(ChargeRecorded.SUCCEEDED, run, credited.account_after, stats)
 
 
 async def credit_success(

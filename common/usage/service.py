@@ -6,10 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.db.errors import INPUT_ERRORS, retry_conflicts
-from common.db.hotpool import HotPool, connection
+from common.db.hotpool import ConnectionSource, connection
 from common.recharge.config import PolicyConfig
 from common.usage.debits import DebitResult, apply_usage, reject
 from common.usage.decode import Incoming, Rejection, Submission
@@ -26,7 +25,7 @@ class Outcome:
 
 
 async def apply_submissions(
-    engine: AsyncEngine | HotPool, config: PolicyConfig, subs: Sequence[Submission]
+    engine: ConnectionSource, config: PolicyConfig, subs: Sequence[Submission]
 ) -> list[Outcome]:
     """Apply every submission in one transaction; isolate input the database refuses."""
     items = [i for s in subs for i in s.items]
@@ -40,7 +39,7 @@ async def apply_submissions(
 
 
 async def _apply(
-    engine: AsyncEngine | HotPool,
+    engine: ConnectionSource,
     config: PolicyConfig,
     items: Sequence[Incoming],
     rejections: Sequence[Rejection],
@@ -53,7 +52,7 @@ async def _apply(
 
 
 async def _apply_one_by_one(
-    engine: AsyncEngine | HotPool,
+    engine: ConnectionSource,
     config: PolicyConfig,
     items: Sequence[Incoming],
     rejections: Sequence[Rejection],
